@@ -17,6 +17,24 @@ from torch import nn
 from .config import adapter_widths, check_layout, resolve_input
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands a contiguous gradient upstream.
+
+    torch 2.13's CPU BatchNorm backward returns wrong input gradients when N == 1 and
+    grad_output arrives channels-last-strided with a non-canonical batch stride, which
+    is what the permutes of the (L, N, C) layout produce. Feeding BN a contiguous
+    gradient sidesteps that kernel path.
+    """
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 class AdaptIR(nn.Module):
     """AdaptIR adapter (Guo et al., NeurIPS 2024), eager reference implementation.
 
@@ -115,7 +133,7 @@ class AdaptIR(nn.Module):
         compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=x.device.type, enabled=False):
             t = self._to_nchw(x.to(compute_dtype), n, H, W)
-            u = self.BN(self.head(t))
+            u = _ContiguousGrad.apply(self.BN(self.head(t)))
 
             # Global branch: amplitude/phase gate in the frequency domain.
             U = torch.fft.rfft2(u, norm="ortho")

@@ -1,0 +1,93 @@
+"""Which implementation of the fused operators runs: backend names and their selection.
+
+Backends:
+    "torch"   plain torch ops inside the fused operator boundaries (runs anywhere);
+    "cpp"     the C++ extension adaptir_kernels._C (CPU tensors);
+    "triton"  Triton kernels (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1).
+"auto" picks Triton for CUDA tensors and the C++ extension for CPU tensors when they
+are available, else "torch". The environment variable ADAPTIR_BACKEND overrides "auto".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("torch", "cpp", "triton")
+CHOICES = ("auto",) + BACKENDS
+
+# Operators every compiled backend must provide before "auto" picks it.
+OPERATORS = ("project_in", "local_branch", "global_branch", "combine_out")
+
+
+def triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def cpp_available() -> bool:
+    """True when the extension is built and registers every operator's CPU kernel."""
+    from . import _ext
+
+    if not _ext.available():
+        return False
+    ns = torch.ops.adaptir_cpp
+    return all(hasattr(ns, op) and hasattr(ns, op + "_backward") for op in OPERATORS)
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """The backends that can run on tensors of `device`, best first."""
+    device = torch.device(device)
+    out = []
+    if triton_importable() and (device.type == "cuda" or (device.type == "cpu" and triton_interpreting())):
+        out.append("triton")
+    if device.type == "cpu" and cpp_available():
+        out.append("cpp")
+    out.append("torch")
+    return out
+
+
+def resolve_backend(requested: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+    """Turn a requested backend (possibly "auto") into a concrete one, or raise a clear error."""
+    if requested not in CHOICES:
+        raise ValueError(f"unknown backend {requested!r}; expected one of {CHOICES}")
+    device = torch.device(device)
+    if requested == "auto":
+        env = os.environ.get("ADAPTIR_BACKEND", "").strip()
+        if env and env != "auto":
+            if env not in BACKENDS:
+                raise ValueError(f"ADAPTIR_BACKEND={env!r} is not a backend; expected one of {BACKENDS}")
+            requested = env
+        else:
+            if device.type == "cuda" and triton_importable() and dtype != torch.float64:
+                return "triton"
+            if device.type == "cpu" and cpp_available():
+                return "cpp"
+            return "torch"
+    if requested == "triton":
+        if not triton_importable():
+            raise RuntimeError("backend 'triton' was asked for, but triton is not installed (pip install triton)")
+        if device.type == "cpu" and not triton_interpreting():
+            raise RuntimeError(
+                "backend 'triton' runs CPU tensors only in Triton's interpreter: set TRITON_INTERPRET=1 "
+                "before triton is imported, or use backend 'cpp' / 'torch' on the CPU"
+            )
+        if device.type not in ("cpu", "cuda"):
+            raise RuntimeError(f"backend 'triton' does not support device {device}")
+        if dtype == torch.float64:
+            raise TypeError("backend 'triton' computes in float32; use backend 'cpp' or 'torch' for float64 inputs")
+    elif requested == "cpp":
+        if device.type != "cpu":
+            raise RuntimeError(f"backend 'cpp' runs on CPU tensors only, got a tensor on {device}")
+        from . import _ext
+
+        _ext.require()
+        if not cpp_available():
+            missing = [op for op in OPERATORS if not hasattr(torch.ops.adaptir_cpp, op)]
+            raise RuntimeError(f"backend 'cpp': the C++ extension lacks the operators {missing}")
+    return requested

@@ -1,0 +1,111 @@
+"""global_branch: u -> g = |irfft2(gate(rfft2(u)))| and its per-channel mean.
+
+Signature (every backend; tensors in the compute dtype, contiguous):
+    forward(u, amp_w, amp_b, pha_w, pha_b) -> (g, gmean)
+        u, g: (N, h, H, W); amp_w, amp_b, pha_w, pha_b: (h); gmean: (N, h) = g.mean((2, 3)).
+        The gate is the spectral gate (ops/spectral_gate.py) on the ortho-normalised half
+        spectrum; the transforms follow SPEC 4.1.
+    backward(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b)
+        -> (grad_u, grad_amp_w, grad_amp_b, grad_pha_w, grad_pha_b)
+        The spectrum and the inverse transform are recomputed from u.
+
+Adjoints used by the explicit backward (c[kw] = 1 at kw = 0 and kw = W/2 for even W,
+else 2; see SPEC 4.1):
+    y = irfft2(Y)  =>  dL/dY = c * rfft2(dL/dy)
+    U = rfft2(u)   =>  dL/du = irfft2(dL/dU / c)
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from ._registry import BackendTable, zeros_if_none
+
+
+def half_spectrum_weights(W: int, device, dtype) -> Tensor:
+    """c[kw] of SPEC 4.1 for a half spectrum of width W // 2 + 1."""
+    c = torch.full((W // 2 + 1,), 2.0, device=device, dtype=dtype)
+    c[0] = 1.0
+    if W % 2 == 0:
+        c[-1] = 1.0
+    return c
+
+
+def _spectrum(u: Tensor) -> Tensor:
+    return torch.view_as_real(torch.fft.rfft2(u, norm="ortho")).contiguous()
+
+
+def _inverse(G: Tensor, H: int, W: int) -> Tensor:
+    return torch.fft.irfft2(torch.view_as_complex(G), s=(H, W), norm="ortho")
+
+
+def forward_torch(u, amp_w, amp_b, pha_w, pha_b):
+    from .spectral_gate import spectral_gate_torch
+
+    H, W = u.shape[-2:]
+    G = spectral_gate_torch(_spectrum(u), amp_w, amp_b, pha_w, pha_b)
+    g = _inverse(G, H, W).abs()
+    return g, g.mean((2, 3))
+
+
+def backward_torch(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b):
+    from .spectral_gate import spectral_gate_backward_torch, spectral_gate_torch
+
+    H, W = u.shape[-2:]
+    U = _spectrum(u)
+    y = _inverse(spectral_gate_torch(U, amp_w, amp_b, pha_w, pha_b), H, W)
+    grad_y = (grad_g + grad_gmean[:, :, None, None] / (H * W)) * torch.sign(y)
+    c = half_spectrum_weights(W, u.device, u.dtype)
+    grad_G = torch.view_as_real(torch.fft.rfft2(grad_y, norm="ortho") * c).contiguous()
+    grad_U, gaw, gab, gpw, gpb = spectral_gate_backward_torch(grad_G, U, amp_w, amp_b, pha_w, pha_b)
+    grad_u = torch.fft.irfft2(torch.view_as_complex(grad_U.contiguous()) / c, s=(H, W), norm="ortho")
+    return grad_u, gaw, gab, gpw, gpb
+
+
+TABLE = BackendTable("global_branch", (forward_torch, backward_torch))
+
+
+@torch.library.custom_op("adaptir::global_branch", mutates_args=())
+def global_branch(
+    u: Tensor, amp_w: Tensor, amp_b: Tensor, pha_w: Tensor, pha_b: Tensor, backend: str
+) -> Tuple[Tensor, Tensor]:
+    return tuple(TABLE.forward(backend)(u, amp_w, amp_b, pha_w, pha_b))
+
+
+@global_branch.register_fake
+def _(u, amp_w, amp_b, pha_w, pha_b, backend):
+    return torch.empty_like(u), u.new_empty(u.shape[:2])
+
+
+@torch.library.custom_op("adaptir::global_branch_backward", mutates_args=())
+def global_branch_backward(
+    grad_g: Tensor, grad_gmean: Tensor, u: Tensor, amp_w: Tensor, amp_b: Tensor, pha_w: Tensor,
+    pha_b: Tensor, backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(TABLE.backward(backend)(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b))
+
+
+@global_branch_backward.register_fake
+def _(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b, backend):
+    return (torch.empty_like(u), torch.empty_like(amp_w), torch.empty_like(amp_b),
+            torch.empty_like(pha_w), torch.empty_like(pha_b))
+
+
+def _setup_context(ctx, inputs, output):
+    u, amp_w, amp_b, pha_w, pha_b, backend = inputs
+    ctx.save_for_backward(u, amp_w, amp_b, pha_w, pha_b)
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_g, grad_gmean):
+    u, amp_w, amp_b, pha_w, pha_b = ctx.saved_tensors
+    grad_g = zeros_if_none(grad_g, u)
+    grad_gmean = zeros_if_none(grad_gmean, u.new_empty(u.shape[:2]))
+    grads = global_branch_backward(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b, ctx.backend)
+    return (*grads, None)
+
+
+global_branch.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,94 @@
+"""Shared test utilities: randomised adapters, relative errors, verbose comparisons."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from adaptir_kernels.reference import AdaptIR as ReferenceAdaptIR
+
+# (N, H, W): odd and unequal sizes, H or W = 1, N = 1.
+SHAPES = [(2, 5, 7), (1, 4, 4), (3, 1, 6), (2, 6, 1), (1, 3, 8), (2, 8, 5)]
+
+
+@torch.no_grad()
+def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
+    """Draw every parameter and the BN running statistics at random (tail and gates
+    start at zero, which would make any comparison vacuous)."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.copy_(torch.randn(p.shape, generator=gen) * std)
+    for name, buf in module.named_buffers():
+        if name.endswith("running_mean"):
+            buf.copy_(torch.randn(buf.shape, generator=gen) * 0.2)
+        elif name.endswith("running_var"):
+            buf.copy_(torch.rand(buf.shape, generator=gen) + 0.5)
+    return module
+
+
+def make_pair(cls, d_model=56, preset="edt", layout="nhwc", seed=0, **kw):
+    """A reference adapter and an adapter of class `cls` sharing the same random state."""
+    ref = randomize(ReferenceAdaptIR(d_model, preset=preset, layout=layout, hidden=kw.pop("hidden", None)), seed)
+    other = cls(d_model, preset=preset, layout=layout, hidden=ref.hidden, **kw)
+    other.load_state_dict(ref.state_dict(), strict=True)
+    return ref, other
+
+
+def make_input(layout: str, N: int, H: int, W: int, C: int, dtype=torch.float32, seed: int = 1, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (N, H, W, C) if layout == "nhwc" else (H * W, N, C)
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> float:
+    """||a - b|| / max(||b||, floor); `floor` keeps a gradient that is zero in exact
+    arithmetic (e.g. the head bias under training-mode BN) from dividing by rounding noise."""
+    a = a.detach().double().cpu()
+    b = b.detach().double().cpu()
+    denom = max(b.norm().item(), floor)
+    diff = (a - b).norm().item()
+    if denom == 0.0:
+        return diff
+    return diff / denom
+
+
+def assert_close_rel(actual, expected, tol: float, name: str = "tensor", floor: float = 0.0) -> None:
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    assert not torch.isnan(a).any(), f"{name}: {int(torch.isnan(a).sum())} NaN values"
+    err = rel_err(a, e, floor)
+    if not (err < tol):
+        bad = (a - e).abs() > tol * max(e.abs().max().item(), 1e-30)
+        idx = bad.nonzero()[:5].tolist()
+        raise AssertionError(
+            f"{name}: relative error {err:.3e} >= {tol:.0e}; {int(bad.sum())}/{a.numel()} elements off, "
+            f"first at {idx}; max |diff| {(a - e).abs().max().item():.3e}, max |expected| {e.abs().max().item():.3e}"
+        )
+
+
+def run_fwd_bwd(module, x, hw=None, seed=2):
+    """Forward and backward with a fixed random upstream gradient; returns output and grads."""
+    x = x.detach().clone().requires_grad_(True)
+    out = module(x, hw=hw)
+    gen = torch.Generator().manual_seed(seed)
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype).to(out.device)
+    module.zero_grad(set_to_none=True)
+    out.backward(grad)
+    grads = {"x": x.grad.detach().clone()}
+    for name, p in module.named_parameters():
+        grads[name] = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+    return out.detach(), grads
+
+
+def compare_modules(ref, other, x, hw=None, out_tol=1e-5, grad_tol=1e-4):
+    out_r, g_r = run_fwd_bwd(ref, x, hw)
+    out_o, g_o = run_fwd_bwd(other, x, hw)
+    assert_close_rel(out_o, out_r, out_tol, "output")
+    assert set(g_r) == set(g_o)
+    floor = 1e-2 * g_r["x"].double().norm().item()
+    for name in g_r:
+        assert_close_rel(g_o[name], g_r[name], grad_tol, f"grad {name}", floor=floor)
+    for (name, b_r), (_, b_o) in zip(ref.named_buffers(), other.named_buffers()):
+        assert_close_rel(b_o.double(), b_r.double(), 1e-6, f"buffer {name}")
