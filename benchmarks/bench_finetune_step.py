@@ -1,0 +1,242 @@
+"""One AdaptIR fine-tuning step of EDT-B, end to end: forward, L1 loss, backward and an
+AdamW step on the trainable tensors, on a batch of 48x48 low-quality patches.
+
+Variants, measured in the same process on the same backbone weights:
+    none   no adapters. The body's entry LayerNorm (body.patch_embed.norm, 360 values)
+           is the only trainable tensor, so backward traverses the same transformer body
+           as with adapters (from block 0 on) and the optimizer step is ~free: this is
+           the cost of the frozen backbone itself.
+    eager  adapters in every block, eager reference implementation.
+    fused  adapters in every block, fused implementation (backend "auto" by default).
+The adapters' parameters are drawn at random first (a fresh adapter is an exact zero
+function with mostly vanishing gradients). Reported: median step time per variant and
+the adapters' overhead over `none`.
+
+    python benchmarks/bench_finetune_step.py                     # CPU (+ CUDA when present)
+    python benchmarks/bench_finetune_step.py --device cuda --batch-size 16 --repeats 10
+    python benchmarks/bench_finetune_step.py --tiny              # a seconds-long smoke run
+
+`run(...)` returns the same numbers as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from adaptir_kernels.adapters import adapter_modules, fuse, inject, trainable_parameters  # noqa: E402
+from adaptir_kernels.backbones import EDT  # noqa: E402
+
+VARIANTS = ("none", "eager", "fused")
+TINY = dict(embed_dim=56, depths=(2, 2), num_heads=(2, 2), num_feat=8)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _randomize_adapters(model, seed: int, std: float = 0.1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for m in adapter_modules(model).values():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def _build_variant(base: EDT, variant: str, backend: str, seed: int) -> EDT:
+    model = copy.deepcopy(base)
+    if variant == "none":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.body.patch_embed.norm.parameters():
+            p.requires_grad_(True)
+        return model
+    inject(model, backend="reference")
+    _randomize_adapters(model, seed)
+    if variant.startswith("fused"):
+        fuse(model, backend=variant.partition(":")[2] or backend)
+    return model
+
+
+def _time_steps(model, x, target, warmup: int, repeats: int, device: torch.device) -> List[float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.l1_loss(model(x), target)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run(
+    device: str = "cpu",
+    batch_size: Optional[int] = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    task: str = "sr_2",
+    patch: int = 48,
+    backend: str = "auto",
+    variants: Sequence[str] = VARIANTS,
+    tiny: bool = False,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    verbose: bool = False,
+) -> Dict:
+    """Time one fine-tuning step per variant; returns a dict with per-variant step times
+    (seconds), the adapters' overhead over `none` and the fused speed-up over eager."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was asked for but is not available")
+    if threads:
+        torch.set_num_threads(int(threads))
+    if batch_size is None:
+        batch_size = 16 if dev.type == "cuda" else 1
+    unknown = {v for v in variants if v not in VARIANTS and not v.startswith("fused:")}
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; expected {VARIANTS} or fused:<backend>")
+
+    torch.manual_seed(seed)
+    base = EDT(task, **(TINY if tiny else {})).to(dev)
+    scale = base.scale
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(batch_size, 3, patch, patch, generator=gen).to(dev)
+    target = torch.rand(batch_size, 3, patch * scale, patch * scale, generator=gen).to(dev)
+
+    result: Dict = {
+        "model": "EDT-tiny" if tiny else "EDT-B",
+        "task": task,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "patch": patch,
+        "repeats": repeats,
+        "warmup": warmup,
+        "torch": torch.__version__,
+        "times_s": {},
+        "all_times_s": {},
+        "trainable": {},
+        "skipped": {},
+    }
+    try:
+        from adaptir_kernels.backends import resolve_backend
+
+        result["fused_backend"] = resolve_backend(backend, dev)
+    except Exception as err:  # the fused module may be unavailable
+        result["fused_backend"] = f"unavailable: {err}"
+
+    for v in variants:
+        try:
+            model = _build_variant(base, v, backend, seed)
+        except (ImportError, RuntimeError) as err:
+            result["skipped"][v] = str(err)
+            continue
+        result["trainable"][v] = int(trainable_parameters(model))
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        try:
+            times = _time_steps(model, x, target, warmup, repeats, dev)
+        except Exception as err:  # e.g. a backend whose kernels are missing on this machine
+            result["skipped"][v] = f"{type(err).__name__}: {err}"
+            if verbose:
+                print(f"  {v:6s} failed: {result['skipped'][v]}", flush=True)
+            continue
+        result["all_times_s"][v] = times
+        result["times_s"][v] = statistics.median(times)
+        if dev.type == "cuda":
+            result.setdefault("peak_memory_mb", {})[v] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
+        if verbose:
+            print(f"  {v:6s} median {result['times_s'][v] * 1e3:9.1f} ms  ({', '.join(f'{t * 1e3:.1f}' for t in times)})",
+                  flush=True)
+        del model
+
+    t = result["times_s"]
+    if "none" in t:
+        result["overhead"] = {v: t[v] / t["none"] - 1.0 for v in t if v != "none"}
+    if "eager" in t and "fused" in t and t["fused"] > 0:
+        result["fused_speedup_over_eager"] = t["eager"] / t["fused"]
+        if "none" in t and t["eager"] > t["none"]:
+            result["adapter_time_ratio_fused_over_eager"] = (t["fused"] - t["none"]) / (t["eager"] - t["none"])
+    return result
+
+
+def _format(res: Dict) -> str:
+    lines = [
+        f"{res['model']} {res['task']} fine-tuning step on {res['device_name']} ({res['device']}, "
+        f"{res['threads']} threads), batch {res['batch_size']} x {res['patch']}x{res['patch']}, "
+        f"median of {res['repeats']} (after {res['warmup']} warm-up); fused backend: {res['fused_backend']}"
+    ]
+    for v, t in res["times_s"].items():
+        extra = ""
+        if v != "none" and "overhead" in res:
+            extra = f"   overhead over none: {100 * res['overhead'][v]:+.1f}%"
+        mem = f"   peak {res['peak_memory_mb'][v]:.0f} MiB" if "peak_memory_mb" in res else ""
+        lines.append(f"  {v:6s} {t * 1e3:10.1f} ms   trainable {res['trainable'][v]:>9,}{extra}{mem}")
+    for v, why in res["skipped"].items():
+        lines.append(f"  {v:6s} skipped: {why}")
+    if "fused_speedup_over_eager" in res:
+        lines.append(f"  fused step is {res['fused_speedup_over_eager']:.2f}x faster than eager")
+    if "adapter_time_ratio_fused_over_eager" in res:
+        lines.append(f"  adapter time (step - none): fused / eager = {res['adapter_time_ratio_fused_over_eager']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto", help="cpu, cuda, or auto (cpu, then cuda when present)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 1 on CPU, 16 on CUDA")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--task", default="sr_2")
+    ap.add_argument("--patch", type=int, default=48)
+    ap.add_argument("--backend", default="auto", help="fused backend: auto, triton, cpp, torch")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="comma-separated: none, eager, fused, fused:<backend> (e.g. fused:torch)")
+    ap.add_argument("--tiny", action="store_true", help="a small EDT (smoke test), not EDT-B")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write the results to this file")
+    args = ap.parse_args(argv)
+
+    devices = [args.device] if args.device != "auto" else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = []
+    for d in devices:
+        print(f"[{d}]", flush=True)
+        res = run(device=d, batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, task=args.task,
+                  patch=args.patch, backend=args.backend, variants=[v for v in args.variants.split(",") if v],
+                  tiny=args.tiny, seed=args.seed, threads=args.threads, verbose=True)
+        print(_format(res), flush=True)
+        results.append(res)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
