@@ -1,0 +1,55 @@
+"""combine_out: every backend against the composite forward and autograd through it."""
+
+import pytest
+import torch
+
+from adaptir_kernels.ops import combine_out as op
+from op_cases import DEVICE, OP_SHAPES, OpCase, backend_params, randn, run_autograd, run_case
+
+
+def make_case(N, H, W, layout, h=12, C=40, seed=0, out_dtype=torch.float32):
+    inputs = [randn(N, h, H, W, seed=seed), randn(N, h, H, W, seed=seed + 1), torch.rand(N, H, W, dtype=torch.float64),
+              torch.rand(N, h, dtype=torch.float64), randn(N, h, seed=seed + 2), randn(C, h, seed=seed + 3, std=0.3)]
+    return OpCase(
+        forward_op=op.combine_out, backward_op=op.combine_out_backward, oracle=op.forward_torch,
+        inputs=inputs, consts=(layout, out_dtype), n_outputs_diff=1,
+        backward_inputs=lambda ins, outs: ins, backward_consts=(layout,),
+    )
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("layout", ["nhwc", "lnc"])
+@pytest.mark.parametrize("shape", OP_SHAPES, ids=str)
+def test_parity(backend, layout, shape):
+    case = make_case(*shape, layout)
+    # The oracle runs in float64; ask it for float64 output.
+    case.oracle = lambda *a: op.forward_torch(*a[:-1], torch.float64)
+    run_case(case, backend)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("layout", ["nhwc", "lnc"])
+def test_registered_autograd(backend, layout):
+    case = make_case(2, 4, 5, layout, seed=20)
+    case.oracle = lambda *a: op.forward_torch(*a[:-1], torch.float64)
+    run_autograd(case, backend)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_output(backend, dtype):
+    if backend == "triton" and DEVICE.type == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter computes bfloat16 incorrectly")
+    case = make_case(2, 3, 5, "nhwc")
+    ins = [t.float().to(DEVICE) for t in case.inputs]
+    out = op.combine_out(*ins, "nhwc", dtype, backend)
+    ref = op.forward_torch(*[t.cpu() for t in ins], "nhwc", torch.float32)
+    assert out.dtype == dtype
+    assert (out.float().cpu() - ref).norm() / ref.norm() < 1e-2
+
+
+def test_opcheck():
+    case = make_case(2, 3, 4, "lnc")
+    args = [t.float() for t in case.inputs]
+    torch.library.opcheck(op.combine_out, (*args, "lnc", torch.float32, "torch"))
+    torch.library.opcheck(op.combine_out_backward, (torch.randn(12, 2, 40), *args, "lnc", "torch"))

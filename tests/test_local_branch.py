@@ -1,0 +1,41 @@
+"""local_branch: every backend against the composite forward and autograd through it."""
+
+import pytest
+import torch
+
+from adaptir_kernels.ops import local_branch as op
+from op_cases import OP_SHAPES, OpCase, backend_params, randn, run_autograd, run_case
+
+
+def make_case(N, H, W, h=12, r=6, seed=0):
+    inputs = [randn(N, h, H, W, seed=seed), randn(h, r, seed=seed + 1, std=0.4), randn(r, 9, seed=seed + 2, std=0.4),
+              randn(h, seed=seed + 3, std=0.3), randn(h, seed=seed + 4, std=0.5), randn(1, seed=seed + 5, std=0.5)]
+    return OpCase(
+        forward_op=op.local_branch, backward_op=op.local_branch_backward, oracle=op.forward_torch,
+        inputs=inputs, backward_inputs=lambda ins, outs: ins,
+    )
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("shape", OP_SHAPES, ids=str)
+def test_parity(backend, shape):
+    run_case(make_case(*shape), backend)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("h,r", [(24, 12), (3, 1)])
+def test_widths(backend, h, r):
+    run_case(make_case(2, 5, 6, h=h, r=r, seed=10), backend)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_registered_autograd(backend):
+    run_autograd(make_case(2, 4, 5, seed=20), backend)
+
+
+def test_opcheck():
+    case = make_case(2, 3, 4)
+    args = [t.float() for t in case.inputs]
+    torch.library.opcheck(op.local_branch, (*args, "torch"))
+    grads = [torch.randn(2, 12, 3, 4), torch.randn(2, 3, 4)]
+    torch.library.opcheck(op.local_branch_backward, (*grads, *args, "torch"))
