@@ -51,7 +51,7 @@ setup(
     packages=find_namespace_packages(
         include=["adaptir_kernels", "adaptir_kernels.*"], exclude=["*.__pycache__"]
     ),
-    install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm", "pillow"],
+    install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm", "pillow", "scikit-image"],
     extras_require={
         "test": ["pytest", "scipy", "scikit-image", "pytest-benchmark", "matplotlib"],
         "triton": ["triton"],

@@ -1,0 +1,105 @@
+"""`adaptir eval` and `adaptir restore` on a tiny folder with a tiny fine-tuned model."""
+
+import argparse
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adaptir_kernels import cli
+from adaptir_kernels.data.degradations import bicubic_downscale
+from adaptir_kernels.metrics import calculate_psnr, calculate_ssim
+from adaptir_kernels.train import build_parser, finetune
+
+TINY_EDT = json.dumps(dict(embed_dim=12, depths=[1], num_heads=[2], window_size=[4, 8], num_feat=4, depth=1,
+                           img_size=16))
+TINY_ADAPTER = json.dumps(dict(hidden=4, ci_hidden=1))
+
+
+def _image(h, w, seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([128 + 90 * np.sin(xx / 4.0 + seed), 128 + 90 * np.cos(yy / 3.0), (xx * 5 + yy) % 256], -1)
+    return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    gt = root / "gt"
+    gt.mkdir()
+    for i, (h, w) in enumerate([(34, 40), (32, 29)]):  # odd sizes: mod-crop to the scale
+        Image.fromarray(_image(h, w, i)).save(gt / f"im{i}.png")
+    args = build_parser(argparse.ArgumentParser()).parse_args([
+        "--backbone", "edt", "--task", "sr_2", "--data", str(gt), "--out", str(root / "run"),
+        "--backbone-config", TINY_EDT, "--adapter-config", TINY_ADAPTER, "--patch-size", "8",
+        "--batch-size", "2", "--workers", "0", "--iters", "2", "--lr", "1e-3", "--quiet"])
+    finetune(args)
+    return root
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_eval_on_a_tiny_folder(tiny_run, capsys):
+    root = tiny_run
+    out_csv, saved = root / "scores.csv", root / "restored"
+    rc = cli.main(["eval", "--run", str(root / "run"), "--data", str(root / "gt"), "--csv", str(out_csv),
+                   "--save-images", str(saved)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "mean" in printed and "Y channel" in printed and "border 2 px" in printed
+    rows = _read_csv(out_csv)
+    assert [r["name"] for r in rows] == ["im0", "im1"]
+    assert (int(rows[1]["height"]), int(rows[1]["width"])) == (32, 28)
+    for r in rows:
+        restored = np.asarray(Image.open(saved / f"{r['name']}.png"))
+        gt = np.asarray(Image.open(root / "gt" / f"{r['name']}.png"))[: restored.shape[0], : restored.shape[1]]
+        assert float(r["psnr"]) == pytest.approx(calculate_psnr(restored, gt, 2, True), abs=1e-5)
+        assert float(r["ssim"]) == pytest.approx(calculate_ssim(restored, gt, 2, True), abs=1e-5)
+        assert np.isfinite(float(r["input_psnr"]))
+
+
+def test_eval_with_explicit_model_flags_on_paired_folders(tiny_run):
+    root = tiny_run
+    paired = root / "paired"
+    (paired / "lq").mkdir(parents=True, exist_ok=True)
+    (paired / "gt").mkdir(exist_ok=True)
+    for name in ("im0", "im1"):
+        gt = np.asarray(Image.open(root / "gt" / f"{name}.png"))
+        gt = gt[: gt.shape[0] // 2 * 2, : gt.shape[1] // 2 * 2]
+        Image.fromarray(gt).save(paired / "gt" / f"{name}.png")
+        Image.fromarray(bicubic_downscale(gt, 2)).save(paired / "lq" / f"{name}x2.png")
+    run = root / "run"
+    rc = cli.main(["eval", "--backbone", "edt", "--task", "sr_2", "--weights", str(run / "backbone.pt"),
+                   "--adapters", str(run / "adapters.safetensors"), "--backbone-config", TINY_EDT,
+                   "--adapter-config", TINY_ADAPTER, "--data", str(paired), "--csv", str(root / "paired.csv"),
+                   "--quiet"])
+    assert rc == 0
+    if not (root / "scores.csv").exists():
+        cli.main(["eval", "--run", str(run), "--data", str(root / "gt"), "--csv", str(root / "scores.csv"), "--quiet"])
+    synthesised = _read_csv(root / "scores.csv")
+    for a, b in zip(_read_csv(root / "paired.csv"), synthesised):
+        assert a["name"] == b["name"] and a["psnr"] == b["psnr"] and a["ssim"] == b["ssim"]
+
+
+def test_restore_file_and_folder(tiny_run, tmp_path):
+    root = tiny_run
+    lq = bicubic_downscale(np.asarray(Image.open(root / "gt" / "im0.png")), 2)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(lq).save(src / "a.png")
+    Image.fromarray(lq[:, :15]).save(src / "b.jpg")
+    run = str(root / "run")
+    assert cli.main(["restore", "--run", run, str(src / "a.png"), str(tmp_path / "a_x2.png"), "--quiet"]) == 0
+    single = np.asarray(Image.open(tmp_path / "a_x2.png"))
+    assert single.shape == (lq.shape[0] * 2, lq.shape[1] * 2, 3)
+    assert cli.main(["restore", "--run", run, str(src), str(tmp_path / "outdir"), "--quiet"]) == 0
+    assert sorted(os.listdir(tmp_path / "outdir")) == ["a.png", "b.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "outdir" / "a.png")), single)
+    assert np.asarray(Image.open(tmp_path / "outdir" / "b.png")).shape == (lq.shape[0] * 2, 30, 3)
