@@ -1,0 +1,99 @@
+"""global_branch in Triton: the transforms stay torch.fft calls (cuFFT on GPUs), the gate
+between them is one kernel each way (spectral_gate.py), and abs with its per-channel mean
+is one more. Signatures and adjoints: adaptir_kernels/ops/global_branch.py.
+
+Forward:  rfft2 -> _gate_fwd_kernel -> irfft2 -> _abs_mean_kernel (g = |y|, mean of g).
+Backward: the spectrum and y are recomputed from u (rfft2, gate, irfft2);
+          _sign_kernel: grad_y = (grad_g + grad_gmean / HW) * sign(y);
+          rfft2 -> _gate_bwd_kernel with the c[kw] weights applied on the way in and 1 / c
+          on the way out, plus per-program parameter-gradient partials -> colsum;
+          irfft2 -> grad_u.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common as cm
+from .spectral_gate import gate_backward_into, gate_forward
+
+
+@triton.jit
+def _abs_mean_kernel(y_ptr, g_ptr, gmean_ptr, HW, BLOCK: tl.constexpr):
+    plane = tl.program_id(0).to(tl.int64)
+    base = plane * HW
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s0 in range(0, HW, BLOCK):
+        e = s0 + tl.arange(0, BLOCK)
+        m = e < HW
+        v = tl.abs(tl.load(y_ptr + base + e, mask=m, other=0.0))
+        tl.store(g_ptr + base + e, v, mask=m)
+        acc += v
+    tl.store(gmean_ptr + plane, tl.sum(acc, axis=0) / HW.to(tl.float32))
+
+
+@triton.jit
+def _sign_kernel(gg_ptr, ggm_ptr, y_ptr, out_ptr, total, HW, BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < total
+    y = tl.load(y_ptr + i, mask=m, other=0.0)
+    gy = tl.load(gg_ptr + i, mask=m, other=0.0) + tl.load(ggm_ptr + i // HW, mask=m, other=0.0) / HW.to(tl.float32)
+    sgn = tl.where(y > 0.0, 1.0, tl.where(y < 0.0, -1.0, 0.0))
+    tl.store(out_ptr + i, gy * sgn, mask=m)
+
+
+def _spectrum(u):
+    return torch.view_as_real(torch.fft.rfft2(u, norm="ortho"))
+
+
+def _inverse(G, H, W):
+    return torch.fft.irfft2(torch.view_as_complex(G), s=(H, W), norm="ortho")
+
+
+def _params(amp_w, amp_b, pha_w, pha_b):
+    return [cm.f32(t, name) for t, name in
+            ((amp_w, "amp_w"), (amp_b, "amp_b"), (pha_w, "pha_w"), (pha_b, "pha_b"))]
+
+
+def forward(u, amp_w, amp_b, pha_w, pha_b):
+    u = cm.f32(u, "u")
+    params = _params(amp_w, amp_b, pha_w, pha_b)
+    N, h, H, W = u.shape
+    y = _inverse(gate_forward(_spectrum(u), *params), H, W)
+    g = cm.new(u.shape, u.device)
+    gmean = cm.new((N, h), u.device)
+    fc = cm.FLAT_CONFIG
+    with cm.device_guard(u):
+        _abs_mean_kernel[(N * h,)](y, g, gmean, H * W, BLOCK=fc["BLOCK"], **cm.opts(fc))
+    return g, gmean
+
+
+def backward(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b):
+    u = cm.f32(u, "u")
+    grad_g, grad_gmean = cm.f32(grad_g, "grad_g"), cm.f32(grad_gmean, "grad_gmean")
+    params = _params(amp_w, amp_b, pha_w, pha_b)
+    N, h, H, W = u.shape
+    U = _spectrum(u)
+    y = _inverse(gate_forward(U, *params), H, W)
+    grad_y = cm.new(u.shape, u.device)
+    total = grad_y.numel()
+    fc = cm.FLAT_CONFIG
+    with cm.device_guard(u):
+        _sign_kernel[(cm.cdiv(total, fc["BLOCK"]),)](grad_g, grad_gmean, y, grad_y, total, H * W,
+                                                     BLOCK=fc["BLOCK"], **cm.opts(fc))
+    grad_Uc, gaw, gab, gpw, gpb = gate_backward_into(_spectrum(grad_y), U, *params, weights_of_width=W)
+    grad_u = _inverse(grad_Uc, H, W)
+    return grad_u, gaw, gab, gpw, gpb
+
+
+# ---- what the launchers can pick, for compile_check.py ------------------------------
+
+
+def compile_specs():
+    fc = cm.FLAT_CONFIG
+    sig = dict(y_ptr="*fp32", g_ptr="*fp32", gmean_ptr="*fp32", HW="i32")
+    yield ("global_branch._abs_mean_kernel", _abs_mean_kernel, sig, dict(BLOCK=fc["BLOCK"]), cm.opts(fc))
+    sig = dict(gg_ptr="*fp32", ggm_ptr="*fp32", y_ptr="*fp32", out_ptr="*fp32", total="i32", HW="i32")
+    yield ("global_branch._sign_kernel", _sign_kernel, sig, dict(BLOCK=fc["BLOCK"]), cm.opts(fc))
