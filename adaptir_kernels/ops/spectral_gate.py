@@ -147,6 +147,8 @@ SPECTRAL_GATE: Dict[str, Tuple[Callable, Callable]] = {
 
 
 def _impl(backend: str) -> Tuple[Callable, Callable]:
+    if backend == "triton" and backend not in SPECTRAL_GATE:
+        import adaptir_kernels.triton.spectral_gate  # noqa: F401  (registers its table entry)
     try:
         return SPECTRAL_GATE[backend]
     except KeyError:
