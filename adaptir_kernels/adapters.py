@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
@@ -414,19 +413,6 @@ def adapter_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict(keep_vars=False).items() if k.startswith(prefixes)}
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_adapters(model: nn.Module, path: Union[str, os.PathLike], include_trainable: bool = False,
                   metadata: Optional[Dict[str, str]] = None) -> Dict[str, torch.Tensor]:
     """Write only the adapter tensors of `model` to a safetensors file, atomically.
@@ -459,23 +445,11 @@ def save_adapters(model: nn.Module, path: Union[str, os.PathLike], include_train
         meta.update({str(k): str(v) for k, v in metadata.items()})
     data = st_save(tensors, metadata=meta)
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    from .checkpoint import atomic_path
+
+    with atomic_path(os.fspath(path)) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
     return tensors
 
 
