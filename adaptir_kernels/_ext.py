@@ -27,6 +27,9 @@ def load() -> Optional[ModuleType]:
             _module = importlib.import_module("adaptir_kernels._C")
         except ImportError as err:
             _error = err
+        else:
+            # Fake (meta) kernels of the adaptir_cpp ops, for torch.compile and opcheck.
+            importlib.import_module("adaptir_kernels.ops._cpp_fakes")
     return _module
 
 

@@ -1,6 +1,10 @@
 // Every C++ operator schema of the project, in one place. Kernels live in
 // csrc/cpu/<op>.cpp, each with its own TORCH_LIBRARY_IMPL(adaptir_cpp, CPU, m).
+// The fused operators take exactly the positional arguments of the torch composites
+// in adaptir_kernels/ops/<op>.py (without the trailing backend name).
 #include <torch/library.h>
+
+#include "cpu/common.h"
 
 TORCH_LIBRARY(adaptir_cpp, m) {
   // Spectral (amplitude/phase) gate, SPEC 4 step 2. U: (N, h, H, Wf, 2) real view.
@@ -8,4 +12,35 @@ TORCH_LIBRARY(adaptir_cpp, m) {
         "-> Tensor");
   m.def("spectral_gate_backward(Tensor grad_G, Tensor U, Tensor amp_w, Tensor amp_b, "
         "Tensor pha_w, Tensor pha_b) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // SPEC 5 step 1: x (backbone layout) -> (u, xhat, mean, var).
+  m.def("project_in(Tensor x, Tensor weight, Tensor bias, Tensor bn_weight, Tensor bn_bias, "
+        "Tensor running_mean, Tensor running_var, bool training, float eps, str layout, "
+        "int H, int W) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("project_in_backward(Tensor grad_u, Tensor x, Tensor xhat, Tensor weight, "
+        "Tensor bn_weight, Tensor var, bool training, float eps, str layout, int H, int W) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // SPEC 5 step 2: u -> (l, sg).
+  m.def("local_branch(Tensor u, Tensor conv_A, Tensor conv_B, Tensor conv_bias, "
+        "Tensor si_weight, Tensor si_bias) -> (Tensor, Tensor)");
+  m.def("local_branch_backward(Tensor grad_l, Tensor grad_sg, Tensor u, Tensor conv_A, "
+        "Tensor conv_B, Tensor conv_bias, Tensor si_weight, Tensor si_bias) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // SPEC 5 step 3: u -> (g, gmean).
+  m.def("global_branch(Tensor u, Tensor amp_w, Tensor amp_b, Tensor pha_w, Tensor pha_b) "
+        "-> (Tensor, Tensor)");
+  m.def("global_branch_backward(Tensor grad_g, Tensor grad_gmean, Tensor u, Tensor amp_w, "
+        "Tensor amp_b, Tensor pha_w, Tensor pha_b) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // SPEC 5 step 5: (l, g, sg, cg, cs, tail_w) -> out in the backbone layout.
+  m.def("combine_out(Tensor l, Tensor g, Tensor sg, Tensor cg, Tensor cs, Tensor tail_w, "
+        "str layout, ScalarType out_dtype) -> Tensor");
+  m.def("combine_out_backward(Tensor grad_out, Tensor l, Tensor g, Tensor sg, Tensor cg, "
+        "Tensor cs, Tensor tail_w, str layout) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // Tests: NaN-fill every output the kernels allocate (adaptir_kernels._alloc.poisoned).
+  m.def("set_poison(bool on) -> ()", &adaptir::cpu::set_poison);
 }

@@ -7,10 +7,29 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/Storage.h>
+#include <c10/util/ParallelGuard.h>
+#include <c10/util/string_view.h>
+#include <c10/util/strides.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <string>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace adaptir::cpu {
 
@@ -131,5 +150,317 @@ inline float magnitude(float x, float y) {
   return static_cast<float>(std::sqrt(static_cast<double>(x) * x + static_cast<double>(y) * y));
 }
 inline double magnitude(double x, double y) { return std::hypot(x, y); }
+
+}  // namespace adaptir::cpu
+
+// ---- output allocation with optional NaN poisoning ---------------------------
+
+namespace adaptir::cpu {
+
+// While set (tests, via adaptir_cpp::set_poison), every output the kernels
+// allocate is NaN-filled first, so an element a kernel forgets to write shows up.
+inline std::atomic<bool>& poison_flag() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
+inline void set_poison(bool on) { poison_flag().store(on); }
+inline bool poison_enabled() { return poison_flag().load(std::memory_order_relaxed); }
+
+// Large outputs come from a bounded process-wide cache of the buffers of freed
+// outputs: a fresh multi-megabyte allocation is page-faulted and zeroed by the OS on
+// first touch, which costs about as much as a pass over the tensor. A buffer goes
+// back to the cache when its tensor dies. The cache holds at most
+// ADAPTIR_OUTPUT_CACHE_MB megabytes (default 256; 0 turns it off).
+class OutputCache {
+ public:
+  static OutputCache& instance() {
+    static OutputCache* cache = new OutputCache();  // never destroyed: deleters may run late
+    return *cache;
+  }
+
+  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    int64_t numel = 1;
+    for (const int64_t s : sizes) numel *= s;
+    const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
+    if (bytes < kMinBytes || cap_ == 0) return at::empty(sizes, options);
+    const size_t cls = (bytes + kGrain - 1) / kGrain * kGrain;
+    void* ptr = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const auto it = free_.find(cls);
+      if (it != free_.end() && !it->second.empty()) {
+        ptr = it->second.back();  // the most recently freed block: likely still cached
+        it->second.pop_back();
+        held_ -= cls;
+      }
+    }
+    if (ptr == nullptr) {
+      ptr = std::aligned_alloc(4096, cls);
+      TORCH_CHECK(ptr != nullptr, "adaptir: out of memory allocating ", cls, " bytes");
+    }
+    // A normal resizable CPU storage: growing it later reallocates through the default
+    // CPU allocator, and this block goes back to the cache.
+    auto* ctx = new Block{ptr, cls};
+    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes,
+                         c10::DataPtr(ptr, ctx, &OutputCache::release, at::Device(at::kCPU)),
+                         c10::GetDefaultCPUAllocator(), /*resizable=*/true);
+    at::Tensor t = at::empty({0}, options.device(at::kCPU));
+    t.set_(storage, 0, sizes, c10::contiguous_strides(sizes));
+    return t;
+  }
+
+ private:
+  static constexpr size_t kMinBytes = size_t{1} << 20;
+  static constexpr size_t kGrain = size_t{64} << 10;
+
+  OutputCache() {
+    size_t mb = 256;
+    if (const char* env = std::getenv("ADAPTIR_OUTPUT_CACHE_MB")) mb = std::strtoull(env, nullptr, 10);
+    cap_ = mb << 20;
+  }
+
+  struct Block {
+    void* ptr;
+    size_t cls;
+  };
+
+  static void release(void* ctx) {
+    const Block* b = static_cast<Block*>(ctx);
+    instance().give(b->ptr, b->cls);
+    delete b;
+  }
+
+  void give(void* ptr, size_t cls) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (held_ + cls <= cap_) {
+        free_[cls].push_back(ptr);
+        held_ += cls;
+        return;
+      }
+    }
+    std::free(ptr);
+  }
+
+  std::mutex mu_;
+  std::map<size_t, std::vector<void*>> free_;
+  size_t held_ = 0;
+  size_t cap_ = 0;
+};
+
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = OutputCache::instance().empty(sizes, options);
+  if (poison_enabled() && t.numel() > 0) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+// Thread-local scratch memory for temporaries, reused across calls: large fresh
+// allocations are page-faulted (and zeroed by the OS) on every call otherwise. A slot
+// keeps at most kScratchMax bytes; larger requests get a fresh tensor.
+constexpr size_t kScratchMax = size_t{32} << 20;
+
+class Scratch {
+ public:
+  // A (rows, cols) tensor of `options`' dtype on thread-local memory of slot `slot`
+  // (0 <= slot < 8); its contents are unspecified. Valid until the same thread asks
+  // for the same slot again.
+  static at::Tensor get(int slot, int64_t rows, int64_t cols, const at::TensorOptions& options) {
+    const size_t bytes = static_cast<size_t>(rows * cols) * options.dtype().itemsize();
+    if (bytes == 0 || bytes > kScratchMax) return at::empty({rows, cols}, options);
+    Buf& b = bufs()[slot];
+    if (b.size < bytes) {
+      std::free(b.ptr);
+      b.size = (bytes + 4095) / 4096 * 4096;
+      b.ptr = std::aligned_alloc(64, b.size);
+      TORCH_CHECK(b.ptr != nullptr, "adaptir: out of memory for a ", b.size, "-byte scratch buffer");
+    }
+    return at::from_blob(b.ptr, {rows, cols}, options);
+  }
+
+ private:
+  struct Buf {
+    void* ptr = nullptr;
+    size_t size = 0;
+    ~Buf() { std::free(ptr); }
+  };
+  static Buf* bufs() {
+    static thread_local Buf slots[8];
+    return slots;
+  }
+};
+
+// ---- dtypes -----------------------------------------------------------------
+
+// x, out, grad_out, grad_x may be float32/64, float16 or bfloat16.
+inline void check_io_floating(const at::Tensor& t, const char* op, const char* name) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, op,
+              ": ", name, " must be float32, float64, float16 or bfloat16, got ", s);
+}
+
+// The dtype the adapter computes in for an input of dtype s.
+inline at::ScalarType compute_type(at::ScalarType s) {
+  return s == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Elementwise conversion between storage and compute types.
+template <typename dst_t, typename src_t>
+inline void convert_n(const src_t* src, dst_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(static_cast<float>(src[i]));
+}
+template <>
+inline void convert_n<float, float>(const float* src, float* dst, int64_t n) {
+  std::copy(src, src + n, dst);
+}
+template <>
+inline void convert_n<double, double>(const double* src, double* dst, int64_t n) {
+  std::copy(src, src + n, dst);
+}
+
+// ---- the backbone layouts ---------------------------------------------------
+
+// Row r of the (rows, C) view of x: "nhwc" r = n * HW + p, "lnc" r = p * N + n.
+enum class Layout { NHWC, LNC };
+
+inline Layout parse_layout(c10::string_view layout, const char* op) {
+  if (layout == "nhwc") return Layout::NHWC;
+  if (layout == "lnc") return Layout::LNC;
+  TORCH_CHECK(false, op, ": layout must be 'nhwc' or 'lnc', got '", std::string(layout), "'");
+}
+
+// Fixed blocks of consecutive rows of the backbone tensor. A block covers the
+// positions [p0, p1) of one sample n ("nhwc") or of all samples ("lnc"); inside
+// the block, the row of (n, p) is (p - p0) * pstride + noff(n). The split depends
+// only on the sizes, so per-block partial sums reduce identically for any thread count.
+struct RowBlocks {
+  Layout layout;
+  int64_t N, HW, pchunk, per_sample, count;
+
+  RowBlocks(Layout layout_, int64_t N_, int64_t HW_, int64_t target_rows)
+      : layout(layout_), N(N_), HW(HW_) {
+    if (layout == Layout::NHWC) {
+      pchunk = std::max<int64_t>(1, std::min(HW, target_rows));
+      per_sample = HW == 0 ? 0 : (HW + pchunk - 1) / pchunk;
+      count = N * per_sample;
+    } else {
+      pchunk = std::max<int64_t>(1, std::min(HW, target_rows / std::max<int64_t>(N, 1)));
+      per_sample = 0;
+      count = (HW == 0 || N == 0) ? 0 : (HW + pchunk - 1) / pchunk;
+    }
+  }
+
+  struct Block {
+    int64_t row0, rows;  // first row and row count in the (rows, C) view
+    int64_t n0, n1;      // samples covered
+    int64_t p0, p1;      // positions covered
+    int64_t pstride;     // rows between consecutive positions
+  };
+
+  Block get(int64_t b) const {
+    Block k;
+    if (layout == Layout::NHWC) {
+      const int64_t n = b / per_sample;
+      k.p0 = (b % per_sample) * pchunk;
+      k.p1 = std::min(HW, k.p0 + pchunk);
+      k.n0 = n;
+      k.n1 = n + 1;
+      k.row0 = n * HW + k.p0;
+      k.rows = k.p1 - k.p0;
+      k.pstride = 1;
+    } else {
+      k.p0 = b * pchunk;
+      k.p1 = std::min(HW, k.p0 + pchunk);
+      k.n0 = 0;
+      k.n1 = N;
+      k.row0 = k.p0 * N;
+      k.rows = (k.p1 - k.p0) * N;
+      k.pstride = N;
+    }
+    return k;
+  }
+
+  // Row inside the block of sample n's first position.
+  int64_t noff(const Block& k, int64_t n) const { return layout == Layout::NHWC ? 0 : n; }
+};
+
+// Work items handed out one at a time from a shared counter.
+class ItemQueue {
+ public:
+  explicit ItemQueue(int64_t count) : count_(count) {}
+  // Next item index into `item`; false once all items are taken.
+  bool pop(int64_t& item) {
+    item = next_.fetch_add(1, std::memory_order_relaxed);
+    return item < count_;
+  }
+
+ private:
+  std::atomic<int64_t> next_{0};
+  int64_t count_;
+};
+
+// Calls fn(queue) once per worker thread; workers pop items until none are left, so a
+// thread that gets descheduled (a loaded machine) only delays the items it holds.
+// Results must depend on the item only, never on which thread ran it. The region is
+// opened even for a single item, so BLAS calls inside fn always run single-threaded.
+template <typename F>
+void parallel_items(int64_t count, const F& fn) {
+  if (count <= 0) return;
+  ItemQueue queue(count);
+#ifdef _OPENMP
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), count);
+  if (threads > 1 && !at::in_parallel_region()) {
+    std::atomic_flag failed = ATOMIC_FLAG_INIT;
+    std::exception_ptr error;
+#pragma omp parallel num_threads(static_cast<int>(threads))
+    {
+      try {
+        c10::ParallelGuard guard(true);
+        fn(queue);
+      } catch (...) {
+        if (!failed.test_and_set()) error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
+    return;
+  }
+#endif
+  fn(queue);
+}
+
+// sum_i a[i] (b[i]) in double with eight interleaved partial sums: a fixed order for
+// a given n, and no serial dependency chain.
+template <typename T>
+inline double sum_n(const T* a, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += static_cast<double>(a[i + k]);
+  for (; i < n; ++i) acc[0] += static_cast<double>(a[i]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+template <typename T>
+inline double dot_n(const T* a, const T* b, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += static_cast<double>(a[i + k]) * static_cast<double>(b[i + k]);
+  for (; i < n; ++i) acc[0] += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// out[e] = sum_b parts[b * len + e] for e < len, in double, blocks in order for every
+// element (the same order whatever the thread count).
+template <typename scalar_t>
+std::vector<double> sum_partials(const scalar_t* parts, int64_t blocks, int64_t len) {
+  std::vector<double> out(static_cast<size_t>(len), 0.0);
+  double* o = out.data();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const scalar_t* p = parts + b * len;
+    for (int64_t e = 0; e < len; ++e) o[e] += p[e];
+  }
+  return out;
+}
 
 }  // namespace adaptir::cpu

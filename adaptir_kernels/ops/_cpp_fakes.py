@@ -1,0 +1,84 @@
+"""Fake (meta) kernels of the C++ fused operators torch.ops.adaptir_cpp.<op>[_backward].
+
+The C++ kernels (csrc/cpu/<op>.cpp) return fresh contiguous tensors; these describe the
+same shapes and dtypes without computing anything, so FakeTensor tracing
+(torch.compile, torch.library.opcheck) can go through the raw C++ ops. Imported by
+adaptir_kernels._ext.load() once the extension is loaded; it must only import torch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_NS = "adaptir_cpp::"
+
+
+def _rows_n(x, layout):
+    return x.shape[0] if layout == "nhwc" else x.shape[1]
+
+
+def _fresh(t):
+    return t.new_empty(t.shape)
+
+
+def _project_in(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, eps, layout, H, W):
+    torch._check(layout in ("nhwc", "lnc"), lambda: f"project_in: layout must be 'nhwc' or 'lnc', got {layout!r}")
+    N, h = _rows_n(x, layout), weight.shape[0]
+    u = weight.new_empty((N, h, H, W))
+    return u, weight.new_empty((N, h, H, W)), weight.new_empty((h,)), weight.new_empty((h,))
+
+
+def _project_in_backward(grad_u, x, xhat, weight, bn_weight, var, training, eps, layout, H, W):
+    h = weight.shape[0]
+    return (_fresh(x), _fresh(weight), weight.new_empty((h,)), weight.new_empty((h,)), weight.new_empty((h,)))
+
+
+def _local_branch(u, conv_A, conv_B, conv_bias, si_weight, si_bias):
+    N, h, H, W = u.shape
+    return _fresh(u), u.new_empty((N, H, W))
+
+
+def _local_branch_backward(grad_l, grad_sg, u, conv_A, conv_B, conv_bias, si_weight, si_bias):
+    return tuple(_fresh(t) for t in (u, conv_A, conv_B, conv_bias, si_weight, si_bias))
+
+
+def _global_branch(u, amp_w, amp_b, pha_w, pha_b):
+    return _fresh(u), u.new_empty(u.shape[:2])
+
+
+def _global_branch_backward(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b):
+    return tuple(u.new_empty(t.shape) for t in (u, amp_w, amp_b, pha_w, pha_b))
+
+
+def _combine_out(l, g, sg, cg, cs, tail_w, layout, out_dtype):
+    torch._check(layout in ("nhwc", "lnc"), lambda: f"combine_out: layout must be 'nhwc' or 'lnc', got {layout!r}")
+    N, h, H, W = l.shape
+    C = tail_w.shape[0]
+    shape = (N, H, W, C) if layout == "nhwc" else (H * W, N, C)
+    return l.new_empty(shape, dtype=out_dtype)
+
+
+def _combine_out_backward(grad_out, l, g, sg, cg, cs, tail_w, layout):
+    return tuple(l.new_empty(t.shape) for t in (l, g, sg, cg, cs, tail_w))
+
+
+FAKES = {
+    "project_in": _project_in,
+    "project_in_backward": _project_in_backward,
+    "local_branch": _local_branch,
+    "local_branch_backward": _local_branch_backward,
+    "global_branch": _global_branch,
+    "global_branch_backward": _global_branch_backward,
+    "combine_out": _combine_out,
+    "combine_out_backward": _combine_out_backward,
+}
+
+
+def _register() -> None:
+    ns = torch.ops.adaptir_cpp
+    for name, fn in FAKES.items():
+        if hasattr(ns, name):
+            torch.library.register_fake(_NS + name)(fn)
+
+
+_register()

@@ -1,0 +1,494 @@
+// CPU kernels of adaptir_cpp::global_branch and its backward (SPEC 5 step 3).
+//
+// The (n, c) planes are processed in fixed groups, each group start to finish inside
+// one work item (one parallel region per call, the group's data stays in cache):
+// Forward:  U = rfft2(u) (ATen FFT, norm "ortho"); the spectral gate in place on U;
+//           g = irfft2(U) written into the output; g = |g| in place with the plane means.
+// Backward: U = rfft2(u); Y = gate(U); y = irfft2(Y); grad_y = (grad_g + grad_gmean /
+//           HW) sign(y) in place; GY = rfft2(grad_y); one gate-backward pass in place on
+//           GY. With grad_G = c GY (SPEC 4.1 weights c[kw]) and the gate backward J^T
+//           linear in grad_G, grad_U / c = J^T GY: the c-weights only enter the
+//           parameter-gradient sums, which the same pass accumulates per plane (summed
+//           per channel in sample order). grad_u = irfft2(J^T GY).
+// The gate follows ops/spectral_gate.py (the same formulas as spectral_gate.cpp). In
+// float32 it runs on 8-lane vectors with branch-free polynomial atan2 and sin/cos
+// (about 1e-7 relative error, like libm's float functions); float64 uses libm.
+#include "global_branch.h"
+
+#include "common.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/fft_irfft2.h>
+#include <ATen/ops/fft_rfft2.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/library.h>
+
+#include <cstring>
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define ADAPTIR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define ADAPTIR_CLONES
+#endif
+
+namespace adaptir::cpu {
+namespace {
+
+constexpr const char* kFwd = "global_branch";
+constexpr const char* kBwd = "global_branch_backward";
+
+// ---- 8-lane float math --------------------------------------------------------
+
+namespace simd {
+
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+constexpr int64_t L = 8;
+
+#define AI static inline __attribute__((always_inline))
+
+AI vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+AI void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+AI vf splat(float x) { return vf{} + x; }
+AI vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
+
+// Complex interleaved (re, im) x 8 <-> two vectors.
+AI void load_complex(const float* p, vf& re, vf& im) {
+  const vf lo = load(p), hi = load(p + L);
+  re = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
+  im = __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+AI void store_complex(float* p, vf re, vf im) {
+  store(p, __builtin_shufflevector(re, im, 0, 8, 1, 9, 2, 10, 3, 11));
+  store(p + L, __builtin_shufflevector(re, im, 4, 12, 5, 13, 6, 14, 7, 15));
+}
+
+// sqrt(m) for m in [1, 2]: bit-level estimate of 1/sqrt, three Newton steps.
+AI vf sqrt_1_2(vf m) {
+  vf y = (vf)(0x5f3759df - ((vi)m >> 1));
+  const vf hm = m * 0.5f;
+  y = y * (1.5f - hm * y * y);
+  y = y * (1.5f - hm * y * y);
+  y = y * (1.5f - hm * y * y);
+  return m * y;
+}
+
+// |x + iy| and atan2(y, x), with std::atan2's signed-zero results (atan2(0, -0) = pi).
+AI void polar(vf x, vf y, vf& mag, vf& ang) {
+  const vf ax = vabs(x), ay = vabs(y);
+  const vi swp = ay > ax;
+  const vf mx = swp ? ay : ax, mn = swp ? ax : ay;
+  const vf den = (mx == 0.0f) ? splat(1.0f) : mx;
+  const vf t0 = mn / den;
+  mag = mx * sqrt_1_2(1.0f + t0 * t0);
+  const vi big = t0 > 0.41421356237309503f;
+  const vf t = big ? (t0 - 1.0f) / (t0 + 1.0f) : t0;
+  const vf z = t * t;
+  vf r = (((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z -
+          3.33329491539e-1f) * z * t + t;
+  r = r + (big ? splat(0.78539816339744830962f) : splat(0.0f));
+  r = swp ? 1.57079632679489661923f - r : r;
+  r = ((vi)x < 0) ? 3.14159265358979323846f - r : r;
+  ang = (vf)(((vi)r & 0x7fffffff) | ((vi)y & (vi{} + static_cast<int32_t>(0x80000000u))));
+}
+
+// sin and cos for |v| < 8192 (Cody-Waite reduction by pi/2, minimax polynomials).
+AI void sincos(vf v, vf& s, vf& c) {
+  const vf q = (v * 0.63661977236758134308f + 12582912.0f) - 12582912.0f;
+  const vf r = ((v - q * 1.5703125f) - q * 4.837512969970703125e-4f) - q * 7.54978995489188216e-8f;
+  const vi qi = __builtin_convertvector(q, vi);
+  const vf z = r * r;
+  const vf ps = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
+  const vf pc = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) *
+                    z * z - 0.5f * z + 1.0f;
+  const vi odd = (qi & 1) != 0;
+  const vf ss = odd ? pc : ps, cc = odd ? ps : pc;
+  s = (vf)((vi)ss ^ ((qi & 2) << 30));
+  c = (vf)((vi)cc ^ (((qi + 1) & 2) << 30));
+}
+
+#undef AI
+
+}  // namespace simd
+
+struct Gate {
+  float wa, ba, wp, bp;
+};
+
+// The vector path is exact enough while |P'| = |wp P + bp| stays below 8192.
+inline bool vector_ok(const Gate& p) {
+  return std::fabs(p.wp) * 3.1415927f + std::fabs(p.bp) < 8000.0f;
+}
+
+namespace simd {
+
+// Eight complex elements of the gate forward.
+static inline __attribute__((always_inline)) void gate_forward_8(const float* src, float* dst,
+                                                                 const Gate& p) {
+  vf ur, ui, a, ph, s, c;
+  load_complex(src, ur, ui);
+  polar(ur, ui, a, ph);
+  const vf a2 = a * p.wa + p.ba;
+  sincos(ph * p.wp + p.bp, s, c);
+  store_complex(dst, a2 * c, a2 * s);
+}
+
+// Eight complex elements of the gate backward; accumulates the c-weighted sums.
+static inline __attribute__((always_inline)) void gate_backward_8(float* gp, const float* up,
+                                                                  const float* wp, const Gate& p,
+                                                                  vf* acc) {
+  vf ur, ui, gr, gi, a, ph, s, c;
+  load_complex(up, ur, ui);
+  load_complex(gp, gr, gi);
+  const vf w = load(wp);
+  polar(ur, ui, a, ph);
+  const vf a2 = a * p.wa + p.ba;
+  sincos(ph * p.wp + p.bp, s, c);
+  const vf da2 = gr * c + gi * s;
+  const vf dp2 = a2 * (gi * c - gr * s);
+  acc[0] += w * da2 * a;
+  acc[1] += w * da2;
+  acc[2] += w * dp2 * ph;
+  acc[3] += w * dp2;
+  const vi nz = a != 0.0f;
+  const vf safe = nz ? a : splat(1.0f);
+  const vf da = p.wa * da2 / safe;
+  const vf dp = p.wp * dp2 / (safe * safe);
+  const vf zero = splat(0.0f);
+  store_complex(gp, nz ? da * ur - dp * ui : zero, nz ? da * ui + dp * ur : zero);
+}
+
+}  // namespace simd
+
+// G = gate(U) for n complex elements; in and out may be the same buffer.
+ADAPTIR_CLONES
+void gate_forward_f32(const float* in, float* out, int64_t n, Gate p) {
+  using namespace simd;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) gate_forward_8(in + 2 * i, out + 2 * i, p);
+  if (i < n) {
+    float src[2 * L] = {}, dst[2 * L];
+    std::memcpy(src, in + 2 * i, sizeof(float) * 2 * (n - i));
+    gate_forward_8(src, dst, p);
+    std::memcpy(out + 2 * i, dst, sizeof(float) * 2 * (n - i));
+  }
+}
+
+// In place on g (GY in, J^T GY out); u: the spectrum; cw: per-element c-weights.
+// Adds the c-weighted sums (amp_w, amp_b, pha_w, pha_b) into sums.
+ADAPTIR_CLONES
+void gate_backward_f32(float* g, const float* u, const float* cw, int64_t n, Gate p,
+                       double* sums) {
+  using namespace simd;
+  vf acc[4] = {splat(0), splat(0), splat(0), splat(0)};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) gate_backward_8(g + 2 * i, u + 2 * i, cw + i, p, acc);
+  if (i < n) {
+    float gb[2 * L] = {}, ub[2 * L] = {}, wb[L] = {};
+    std::memcpy(gb, g + 2 * i, sizeof(float) * 2 * (n - i));
+    std::memcpy(ub, u + 2 * i, sizeof(float) * 2 * (n - i));
+    std::memcpy(wb, cw + i, sizeof(float) * (n - i));
+    gate_backward_8(gb, ub, wb, p, acc);
+    std::memcpy(g + 2 * i, gb, sizeof(float) * 2 * (n - i));
+  }
+  for (int k = 0; k < 4; ++k) {
+    double t = 0.0;
+    for (int64_t j = 0; j < L; ++j) t += acc[k][j];
+    sums[k] += t;
+  }
+}
+
+// Scalar (libm) versions: float64, and float32 channels with very large pha weights.
+template <typename T>
+void gate_forward_scalar(const T* in, T* out, int64_t n, T wa, T ba, T wp, T bp) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T ur = in[2 * i], ui = in[2 * i + 1];
+    const T a2 = wa * magnitude(ur, ui) + ba;
+    const T p2 = wp * std::atan2(ui, ur) + bp;
+    out[2 * i] = a2 * std::cos(p2);
+    out[2 * i + 1] = a2 * std::sin(p2);
+  }
+}
+
+template <typename T>
+void gate_backward_scalar(T* g, const T* u, const float* cw, int64_t n, T wa, T ba, T wp, T bp,
+                          double* sums) {
+  double s_aw = 0, s_ab = 0, s_pw = 0, s_pb = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T ur = u[2 * i], ui = u[2 * i + 1];
+    const T gr = g[2 * i], gi = g[2 * i + 1];
+    const T a = magnitude(ur, ui);
+    const T ph = std::atan2(ui, ur);
+    const T a2 = wa * a + ba;
+    const T p2 = wp * ph + bp;
+    const T cs = std::cos(p2), sn = std::sin(p2);
+    const T da2 = gr * cs + gi * sn;
+    const T dp2 = a2 * (gi * cs - gr * sn);
+    const double w = cw[i];
+    s_aw += w * da2 * a;
+    s_ab += w * da2;
+    s_pw += w * dp2 * ph;
+    s_pb += w * dp2;
+    if (a == T(0)) {
+      g[2 * i] = 0;
+      g[2 * i + 1] = 0;
+    } else {
+      const T da = wa * da2 / a;
+      const T dp = wp * dp2 / (a * a);
+      g[2 * i] = da * ur - dp * ui;
+      g[2 * i + 1] = da * ui + dp * ur;
+    }
+  }
+  sums[0] += s_aw;
+  sums[1] += s_ab;
+  sums[2] += s_pw;
+  sums[3] += s_pb;
+}
+
+template <typename T>
+struct GateParams {
+  std::vector<T> aw, ab, pw, pb;
+  explicit GateParams(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
+                      const at::Tensor& d) {
+    auto grab = [](const at::Tensor& t, std::vector<T>& v) {
+      const at::Tensor tc = t.contiguous();
+      v.assign(tc.const_data_ptr<T>(), tc.const_data_ptr<T>() + tc.numel());
+    };
+    grab(a, aw);
+    grab(b, ab);
+    grab(c, pw);
+    grab(d, pb);
+  }
+};
+
+template <typename T>
+void gate_forward_chunk(const T* in, T* out, int64_t n, const GateParams<T>& p, int64_t c) {
+  if constexpr (std::is_same_v<T, float>) {
+    const Gate g{p.aw[c], p.ab[c], p.pw[c], p.pb[c]};
+    if (vector_ok(g)) {
+      gate_forward_f32(in, out, n, g);
+      return;
+    }
+  }
+  gate_forward_scalar<T>(in, out, n, p.aw[c], p.ab[c], p.pw[c], p.pb[c]);
+}
+
+template <typename T>
+void gate_backward_chunk(T* g, const T* u, const float* cw, int64_t n, const GateParams<T>& p,
+                         int64_t c, double* sums) {
+  if constexpr (std::is_same_v<T, float>) {
+    const Gate q{p.aw[c], p.ab[c], p.pw[c], p.pb[c]};
+    if (vector_ok(q)) {
+      gate_backward_f32(g, u, cw, n, q, sums);
+      return;
+    }
+  }
+  gate_backward_scalar<T>(g, u, cw, n, p.aw[c], p.ab[c], p.pw[c], p.pb[c], sums);
+}
+
+void check_args(const char* op, const at::Tensor& u, const at::Tensor& aw, const at::Tensor& ab,
+                const at::Tensor& pw, const at::Tensor& pb) {
+  check_cpu(u, op, "u");
+  check_floating(u, op, "u");
+  TORCH_CHECK(u.dim() == 4, op, ": u must have shape (N, h, H, W), got ", u.sizes());
+  const int64_t h = u.size(1);
+  check_channel_param(aw, h, u, op, "amp_w", "u");
+  check_channel_param(ab, h, u, op, "amp_b", "u");
+  check_channel_param(pw, h, u, op, "pha_w", "u");
+  check_channel_param(pb, h, u, op, "pha_b", "u");
+}
+
+// Planes (n, c) are processed in fixed groups, each group start to finish (transforms,
+// gate, the elementwise passes) inside one task, so the group's data stays in cache and
+// the whole operator is one parallel region. The grouping depends on the sizes only.
+struct PlaneGroups {
+  int64_t planes, size, count;
+  PlaneGroups(int64_t planes_, int64_t plane_elems) : planes(planes_) {
+    // About 16 groups, each of at most ~256 KiB of float input.
+    const int64_t by_count = (planes + 15) / 16;
+    const int64_t by_bytes = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(plane_elems, 1));
+    size = std::max<int64_t>(1, std::min(by_count, by_bytes));
+    count = (planes + size - 1) / size;
+  }
+};
+
+// Tasks call ATen ops: no autograd recording, whatever the worker thread's state.
+struct WorkerGuards {
+  at::AutoDispatchBelowADInplaceOrView below_ad;
+  at::NoGradGuard no_grad;
+};
+
+at::Tensor spectrum(const at::Tensor& u) {
+  return at::fft_rfft2(u, std::nullopt, {-2, -1}, "ortho");
+}
+
+template <typename T>
+T* real_ptr(const at::Tensor& complex) {
+  return reinterpret_cast<T*>(complex.data_ptr());
+}
+
+// |y| in place, per-plane means.
+template <typename T>
+void abs_mean_planes(T* y, int64_t planes, int64_t HW, T* mean) {
+  for (int64_t q = 0; q < planes; ++q) {
+    T* v = y + q * HW;
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= HW; i += 8)
+      for (int k = 0; k < 8; ++k) {
+        const T a = std::abs(v[i + k]);
+        v[i + k] = a;
+        acc[k] += a;
+      }
+    for (; i < HW; ++i) {
+      v[i] = std::abs(v[i]);
+      acc[0] += v[i];
+    }
+    double s = 0.0;
+    for (int k = 0; k < 8; ++k) s += acc[k];
+    mean[q] = static_cast<T>(s / static_cast<double>(HW));
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> global_branch(const at::Tensor& u, const at::Tensor& amp_w,
+                                                 const at::Tensor& amp_b,
+                                                 const at::Tensor& pha_w,
+                                                 const at::Tensor& pha_b) {
+  check_args(kFwd, u, amp_w, amp_b, pha_w, pha_b);
+  const int64_t N = u.size(0), h = u.size(1), H = u.size(2), W = u.size(3), HW = H * W;
+  const auto opts = u.options();
+  at::Tensor g = new_output(u.sizes(), opts);
+  at::Tensor gmean = new_output({N, h}, opts);
+  if (u.numel() == 0) {
+    gmean.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {g, gmean};
+  }
+  const int64_t planes = N * h, plane_len = H * (W / 2 + 1);
+  const at::Tensor u3 = u.detach().contiguous().view({planes, H, W});
+  at::Tensor g3 = g.view({planes, H, W});
+  const PlaneGroups groups(planes, HW);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), kFwd, [&] {
+    const GateParams<scalar_t> p(amp_w, amp_b, pha_w, pha_b);
+    scalar_t* gm = gmean.data_ptr<scalar_t>();
+    parallel_items(groups.count, [&](ItemQueue& queue) {
+      WorkerGuards guards;
+      for (int64_t t; queue.pop(t);) {
+        const int64_t q0 = t * groups.size, nq = std::min(groups.size, planes - q0);
+        at::Tensor U = spectrum(u3.narrow(0, q0, nq));
+        scalar_t* d = real_ptr<scalar_t>(U);
+        for (int64_t q = 0; q < nq; ++q)
+          gate_forward_chunk<scalar_t>(d + 2 * q * plane_len, d + 2 * q * plane_len, plane_len, p,
+                                       (q0 + q) % h);
+        at::Tensor gq = g3.narrow(0, q0, nq);
+        at::fft_irfft2_out(gq, U, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
+        abs_mean_planes<scalar_t>(gq.data_ptr<scalar_t>(), nq, HW, gm + q0);
+      }
+    });
+  });
+  return {g, gmean};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_branch_backward(
+    const at::Tensor& grad_g, const at::Tensor& grad_gmean, const at::Tensor& u,
+    const at::Tensor& amp_w, const at::Tensor& amp_b, const at::Tensor& pha_w,
+    const at::Tensor& pha_b) {
+  check_args(kBwd, u, amp_w, amp_b, pha_w, pha_b);
+  check_like(grad_g, u, kBwd, "grad_g", "u");
+  check_like(grad_gmean, u, kBwd, "grad_gmean", "u");
+  TORCH_CHECK(grad_g.sizes() == u.sizes(), kBwd, ": grad_g must have u's shape ", u.sizes(),
+              ", got ", grad_g.sizes());
+  const int64_t N = u.size(0), h = u.size(1), H = u.size(2), W = u.size(3), HW = H * W;
+  TORCH_CHECK(grad_gmean.dim() == 2 && grad_gmean.size(0) == N && grad_gmean.size(1) == h, kBwd,
+              ": grad_gmean must have shape (N, h) = (", N, ", ", h, "), got ", grad_gmean.sizes());
+  const auto opts = u.options();
+  at::Tensor grad_u = new_output(u.sizes(), opts);
+  at::Tensor g_aw = new_output(amp_w.sizes(), opts);
+  at::Tensor g_ab = new_output(amp_b.sizes(), opts);
+  at::Tensor g_pw = new_output(pha_w.sizes(), opts);
+  at::Tensor g_pb = new_output(pha_b.sizes(), opts);
+  if (u.numel() == 0) {
+    for (at::Tensor* t : {&g_aw, &g_ab, &g_pw, &g_pb}) t->zero_();
+    return {grad_u, g_aw, g_ab, g_pw, g_pb};
+  }
+  const int64_t planes = N * h, Wf = W / 2 + 1, plane_len = H * Wf;
+  const at::Tensor u3 = u.detach().contiguous().view({planes, H, W});
+  const at::Tensor gg = grad_g.detach().contiguous(), gm = grad_gmean.detach().contiguous();
+  at::Tensor gu3 = grad_u.view({planes, H, W});
+  // c[kw] (SPEC 4.1) per element of one plane.
+  std::vector<float> cw(static_cast<size_t>(plane_len));
+  for (int64_t i = 0; i < plane_len; ++i) {
+    const int64_t kw = i % Wf;
+    cw[i] = (kw == 0 || (W % 2 == 0 && kw == W / 2)) ? 1.0f : 2.0f;
+  }
+  // Per plane: the four c-weighted parameter sums.
+  std::vector<double> part(static_cast<size_t>(planes * 4), 0.0);
+  const PlaneGroups groups(planes, HW);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), kBwd, [&] {
+    const GateParams<scalar_t> p(amp_w, amp_b, pha_w, pha_b);
+    const scalar_t* ggp = gg.const_data_ptr<scalar_t>();
+    const scalar_t* gmp = gm.const_data_ptr<scalar_t>();
+    const scalar_t inv = scalar_t(1) / static_cast<scalar_t>(HW);
+    parallel_items(groups.count, [&](ItemQueue& queue) {
+      WorkerGuards guards;
+      for (int64_t t; queue.pop(t);) {
+        const int64_t q0 = t * groups.size, nq = std::min(groups.size, planes - q0);
+        // Recompute y = irfft2(gate(rfft2(u))).
+        const at::Tensor U = spectrum(u3.narrow(0, q0, nq));
+        at::Tensor Y = at::empty_like(U);
+        const scalar_t* up = real_ptr<scalar_t>(U);
+        scalar_t* yp = real_ptr<scalar_t>(Y);
+        for (int64_t q = 0; q < nq; ++q)
+          gate_forward_chunk<scalar_t>(up + 2 * q * plane_len, yp + 2 * q * plane_len, plane_len,
+                                       p, (q0 + q) % h);
+        at::Tensor y = at::fft_irfft2(Y, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
+        // grad_y = (grad_g + grad_gmean / HW) sign(y), in place.
+        scalar_t* v = y.data_ptr<scalar_t>();
+        for (int64_t q = 0; q < nq; ++q) {
+          const scalar_t* a = ggp + (q0 + q) * HW;
+          const scalar_t m = gmp[q0 + q] * inv;
+          scalar_t* vq = v + q * HW;
+          for (int64_t i = 0; i < HW; ++i) {
+            const scalar_t sg = static_cast<scalar_t>(vq[i] > 0) - static_cast<scalar_t>(vq[i] < 0);
+            vq[i] = (a[i] + m) * sg;
+          }
+        }
+        // J^T GY in place, with the c-weighted parameter sums.
+        at::Tensor GY = spectrum(y);
+        scalar_t* gyp = real_ptr<scalar_t>(GY);
+        for (int64_t q = 0; q < nq; ++q)
+          gate_backward_chunk<scalar_t>(gyp + 2 * q * plane_len, up + 2 * q * plane_len, cw.data(),
+                                        plane_len, p, (q0 + q) % h, part.data() + (q0 + q) * 4);
+        at::Tensor guq = gu3.narrow(0, q0, nq);
+        at::fft_irfft2_out(guq, GY, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
+      }
+    });
+    // Per channel, samples in order.
+    at::Tensor* outs[4] = {&g_aw, &g_ab, &g_pw, &g_pb};
+    for (int k = 0; k < 4; ++k) {
+      scalar_t* o = outs[k]->data_ptr<scalar_t>();
+      for (int64_t c = 0; c < h; ++c) {
+        double s = 0.0;
+        for (int64_t n = 0; n < N; ++n) s += part[(n * h + c) * 4 + k];
+        o[c] = static_cast<scalar_t>(s);
+      }
+    }
+  });
+  return {grad_u, g_aw, g_ab, g_pw, g_pb};
+}
+
+TORCH_LIBRARY_IMPL(adaptir_cpp, CPU, m) {
+  m.impl("global_branch", &global_branch);
+  m.impl("global_branch_backward", &global_branch_backward);
+}
+
+}  // namespace adaptir::cpu

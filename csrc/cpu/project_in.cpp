@@ -1,0 +1,462 @@
+// CPU kernels of adaptir_cpp::project_in and its backward (SPEC 5 step 1).
+//
+// Forward: z = x @ weight^T + bias on x viewed as (rows, C) in the backbone's row
+// order, one fixed block of rows per work item (x read once, no permute copy), with
+// the block's batch statistics (two-pass inside the block, in double) merged across
+// blocks in block order (Chan et al.); then xhat and u are written in (N, h, H, W).
+// Eval mode normalises each block right after its product.
+// Backward: per-channel sums of grad_u and grad_u * xhat; then per row block, the
+// (rows, h) block of grad_z is formed in cache and gives grad_x = grad_z @ weight
+// (grad_x written once) and a partial of grad_weight = grad_z^T x (x read once);
+// partials are summed in block order.
+// float32 uses the skinny kernels of skinny_gemm.h, float64 ATen's CPU mm.
+#include "project_in.h"
+
+#include "common.h"
+#include "skinny_gemm.h"
+
+#include <ATen/ops/addmm_cpu_dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm_cpu_dispatch.h>
+#include <torch/library.h>
+
+namespace adaptir::cpu {
+namespace {
+
+constexpr const char* kFwd = "project_in";
+constexpr const char* kBwd = "project_in_backward";
+
+// Rows per block: a (rows, C) slice of x of about 256 KiB, at least 64 rows.
+int64_t block_rows(int64_t C) { return std::max<int64_t>(64, (256 * 1024) / (4 * std::max<int64_t>(C, 1))); }
+
+struct Geometry {
+  Layout layout;
+  int64_t N, H, W, HW, C, rows;
+};
+
+Geometry check_backbone(const char* op, const at::Tensor& x, const char* name,
+                        c10::string_view layout, int64_t H, int64_t W) {
+  check_cpu(x, op, name);
+  check_io_floating(x, op, name);
+  Geometry g;
+  g.layout = parse_layout(layout, op);
+  TORCH_CHECK(H >= 1 && W >= 1, op, ": H and W must be positive, got H=", H, ", W=", W);
+  g.H = H;
+  g.W = W;
+  g.HW = H * W;
+  if (g.layout == Layout::NHWC) {
+    TORCH_CHECK(x.dim() == 4, op, ": layout 'nhwc' expects ", name,
+                " of shape (N, H, W, C), got shape ", x.sizes());
+    TORCH_CHECK(x.size(1) == H && x.size(2) == W, op, ": ", name, " of shape ", x.sizes(),
+                " does not match H=", H, ", W=", W);
+    g.N = x.size(0);
+  } else {
+    TORCH_CHECK(x.dim() == 3, op, ": layout 'lnc' expects ", name,
+                " of shape (L, N, C) with L = H*W, got shape ", x.sizes());
+    TORCH_CHECK(x.size(0) == g.HW, op, ": ", name, " of shape ", x.sizes(),
+                " has L=", x.size(0), " but H*W=", g.HW);
+    g.N = x.size(1);
+  }
+  g.C = x.size(-1);
+  g.rows = g.N * g.HW;
+  return g;
+}
+
+void check_vector(const at::Tensor& t, int64_t h, at::ScalarType ct, const char* op,
+                  const char* name) {
+  check_cpu(t, op, name);
+  TORCH_CHECK(t.scalar_type() == ct, op, ": ", name, " must have the compute dtype ", ct,
+              ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == h, op, ": ", name, " must have shape (", h,
+              "), got ", t.sizes());
+}
+
+void check_weight(const at::Tensor& w, int64_t C, at::ScalarType ct, const char* op) {
+  check_cpu(w, op, "weight");
+  TORCH_CHECK(w.scalar_type() == ct, op, ": weight must have the compute dtype ", ct,
+              ", got ", w.scalar_type());
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == C, op, ": weight must have shape (h, C) with C=",
+              C, ", got ", w.sizes());
+  TORCH_CHECK(w.size(0) >= 1, op, ": weight must have at least one row");
+}
+
+void check_hidden(const at::Tensor& t, const Geometry& g, int64_t h, at::ScalarType ct,
+                  const char* op, const char* name) {
+  check_cpu(t, op, name);
+  TORCH_CHECK(t.scalar_type() == ct, op, ": ", name, " must have the compute dtype ", ct,
+              ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 4 && t.size(0) == g.N && t.size(1) == h && t.size(2) == g.H &&
+                  t.size(3) == g.W,
+              op, ": ", name, " must have shape (N, h, H, W) = (", g.N, ", ", h, ", ", g.H,
+              ", ", g.W, "), got ", t.sizes());
+}
+
+// Copies block rows of x (storage dtype io_t) into a compute-dtype buffer.
+template <typename scalar_t, typename io_t>
+at::Tensor block_input(const at::Tensor& x2d, const RowBlocks::Block& k, at::Tensor& buf,
+                       int64_t C) {
+  if constexpr (std::is_same_v<scalar_t, io_t>) {
+    return x2d.narrow(0, k.row0, k.rows);
+  } else {
+    const io_t* src = x2d.const_data_ptr<io_t>() + k.row0 * C;
+    convert_n<scalar_t, io_t>(src, buf.data_ptr<scalar_t>(), k.rows * C);
+    return buf.narrow(0, 0, k.rows);
+  }
+}
+
+// Writes u and xhat for one block from z (rows of stride ldz).
+template <typename scalar_t>
+void normalise_block(const RowBlocks& rb, const RowBlocks::Block& k, const scalar_t* z,
+                     int64_t h, int64_t ldz, const scalar_t* mean, const scalar_t* invstd,
+                     const scalar_t* bw, const scalar_t* bb, scalar_t* u, scalar_t* xhat) {
+  const int64_t HW = rb.HW, np = k.p1 - k.p0, rs = k.pstride * ldz;
+  for (int64_t n = k.n0; n < k.n1; ++n) {
+    const scalar_t* zr = z + (k.row0 + rb.noff(k, n)) * ldz;
+    for (int64_t j = 0; j < h; ++j) {
+      const scalar_t* zc = zr + j;
+      const scalar_t m = mean[j], is = invstd[j], w = bw[j], b = bb[j];
+      scalar_t* xo = xhat + (n * h + j) * HW + k.p0;
+      scalar_t* uo = u + (n * h + j) * HW + k.p0;
+      for (int64_t i = 0; i < np; ++i) {
+        const scalar_t v = (zc[i * rs] - m) * is;
+        xo[i] = v;
+        uo[i] = v * w + b;
+      }
+    }
+  }
+}
+
+// Packed (C, hp) transpose of a (h, C) weight, zero columns beyond h.
+std::vector<float> pack_transposed(const float* w, int64_t h, int64_t C, int64_t hp) {
+  std::vector<float> wt(static_cast<size_t>(C * hp), 0.0f);
+  for (int64_t j = 0; j < h; ++j)
+    for (int64_t c = 0; c < C; ++c) wt[c * hp + j] = w[j * C + c];
+  return wt;
+}
+
+template <typename scalar_t, typename io_t>
+void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weight,
+                  const at::Tensor& bias, const at::Tensor& bn_w, const at::Tensor& bn_b,
+                  const at::Tensor& rmean, const at::Tensor& rvar, bool training, double eps,
+                  at::Tensor& u, at::Tensor& xhat, at::Tensor& mean_out, at::Tensor& var_out) {
+  constexpr bool kF32 = std::is_same_v<scalar_t, float>;
+  const int64_t h = weight.size(0), C = g.C;
+  const auto opts = weight.options();
+  const RowBlocks rb(g.layout, g.N, g.HW, block_rows(C));
+  const at::Tensor x2d = x.view({g.rows, C});
+  // z rows of stride ldz: padded for the float kernels.
+  const int64_t ldz = kF32 ? gemm::padded(h) : h;
+  at::Tensor z = Scratch::get(0, g.rows, ldz, opts);
+  scalar_t* zp = z.data_ptr<scalar_t>();
+  std::vector<float> wt, bp;
+  at::Tensor wT;
+  if constexpr (kF32) {
+    wt = pack_transposed(weight.const_data_ptr<float>(), h, C, ldz);
+    bp.assign(static_cast<size_t>(ldz), 0.0f);
+    std::copy(bias.const_data_ptr<float>(), bias.const_data_ptr<float>() + h, bp.begin());
+  } else {
+    wT = weight.t();
+  }
+
+  std::vector<scalar_t> mean(h), invstd(h);
+  const scalar_t* bw = bn_w.const_data_ptr<scalar_t>();
+  const scalar_t* bb = bn_b.const_data_ptr<scalar_t>();
+  if (!training) {
+    const scalar_t* rm = rmean.const_data_ptr<scalar_t>();
+    const scalar_t* rv = rvar.const_data_ptr<scalar_t>();
+    for (int64_t j = 0; j < h; ++j) {
+      mean[j] = rm[j];
+      invstd[j] = scalar_t(1) / std::sqrt(rv[j] + static_cast<scalar_t>(eps));
+    }
+  }
+  scalar_t* up = u.data_ptr<scalar_t>();
+  scalar_t* xp = xhat.data_ptr<scalar_t>();
+
+  // Per block: (sum, M2 about the block mean) per channel, in double.
+  std::vector<double> part(training ? static_cast<size_t>(rb.count * 2 * h) : 0);
+  const int64_t max_rows = rb.get(0).rows;
+  parallel_items(rb.count, [&](ItemQueue& queue) {
+    at::Tensor buf;
+    if constexpr (!std::is_same_v<scalar_t, io_t>) buf = Scratch::get(1, max_rows, C, opts);
+    std::vector<double> acc(h);
+    for (int64_t b; queue.pop(b);) {
+      const RowBlocks::Block k = rb.get(b);
+      const at::Tensor xb = block_input<scalar_t, io_t>(x2d, k, buf, C);
+      scalar_t* zr = zp + k.row0 * ldz;
+      if constexpr (kF32) {
+        gemm::rows_dot(xb.const_data_ptr<float>(), k.rows, C, wt.data(), ldz, bp.data(), zr, ldz);
+      } else {
+        at::Tensor zb = z.narrow(0, k.row0, k.rows);
+        at::cpu::addmm_out(zb, bias, xb, wT);
+      }
+      if (training) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t r = 0; r < k.rows; ++r)
+          for (int64_t j = 0; j < h; ++j) acc[j] += zr[r * ldz + j];
+        double* pb = part.data() + b * 2 * h;
+        for (int64_t j = 0; j < h; ++j) {
+          pb[j] = acc[j];
+          acc[j] /= static_cast<double>(k.rows);
+        }
+        double* m2 = pb + h;
+        for (int64_t j = 0; j < h; ++j) m2[j] = 0.0;
+        for (int64_t r = 0; r < k.rows; ++r)
+          for (int64_t j = 0; j < h; ++j) {
+            const double d = zr[r * ldz + j] - acc[j];
+            m2[j] += d * d;
+          }
+      } else {
+        normalise_block(rb, k, zp, h, ldz, mean.data(), invstd.data(), bw, bb, up, xp);
+      }
+    }
+  });
+
+  scalar_t* mo = mean_out.data_ptr<scalar_t>();
+  scalar_t* vo = var_out.data_ptr<scalar_t>();
+  if (!training) {
+    std::copy(rmean.const_data_ptr<scalar_t>(), rmean.const_data_ptr<scalar_t>() + h, mo);
+    std::copy(rvar.const_data_ptr<scalar_t>(), rvar.const_data_ptr<scalar_t>() + h, vo);
+    return;
+  }
+  // Chan et al.: merge (count, mean, M2) block by block, in block order.
+  for (int64_t j = 0; j < h; ++j) {
+    double cnt = 0.0, m = 0.0, m2 = 0.0;
+    for (int64_t b = 0; b < rb.count; ++b) {
+      const double nb = static_cast<double>(rb.get(b).rows);
+      const double* pb = part.data() + b * 2 * h;
+      const double mb = pb[j] / nb;
+      const double tot = cnt + nb;
+      const double d = mb - m;
+      m += d * nb / tot;
+      m2 += pb[h + j] + d * d * cnt * nb / tot;
+      cnt = tot;
+    }
+    const double var = m2 / cnt;
+    mo[j] = static_cast<scalar_t>(m);
+    vo[j] = static_cast<scalar_t>(var);
+    mean[j] = mo[j];
+    invstd[j] = scalar_t(1) / std::sqrt(vo[j] + static_cast<scalar_t>(eps));
+  }
+  parallel_items(rb.count, [&](ItemQueue& queue) {
+    for (int64_t b; queue.pop(b);)
+      normalise_block(rb, rb.get(b), zp, h, ldz, mean.data(), invstd.data(), bw, bb, up, xp);
+  });
+}
+
+template <typename scalar_t, typename io_t>
+void backward_impl(const Geometry& g, const at::Tensor& grad_u, const at::Tensor& x,
+                   const at::Tensor& xhat, const at::Tensor& weight, const at::Tensor& bn_w,
+                   const at::Tensor& var, bool training, double eps, at::Tensor& grad_x,
+                   at::Tensor& grad_w, at::Tensor& grad_b, at::Tensor& grad_bnw,
+                   at::Tensor& grad_bnb) {
+  const int64_t h = weight.size(0), C = g.C, HW = g.HW, N = g.N;
+  const auto opts = weight.options();
+  const scalar_t* gu = grad_u.const_data_ptr<scalar_t>();
+  const scalar_t* xh = xhat.const_data_ptr<scalar_t>();
+
+  // Pass 1: per-channel sums of grad_u and grad_u * xhat.
+  const PlaneChunks pc(N * h, HW, 4096);
+  ChannelPartials cp(pc, 2);
+  parallel_items(pc.items(), [&](ItemQueue& queue) {
+    for (int64_t item; queue.pop(item);) {
+      const int64_t plane = item / pc.per_plane, begin = (item % pc.per_plane) * pc.chunk;
+      const int64_t end = std::min(pc.plane_len, begin + pc.chunk);
+      const scalar_t* a = gu + plane * HW;
+      const scalar_t* b = xh + plane * HW;
+      double s0[4] = {0, 0, 0, 0}, s1[4] = {0, 0, 0, 0};
+      int64_t i = begin;
+      for (; i + 4 <= end; i += 4)
+        for (int k = 0; k < 4; ++k) {
+          s0[k] += a[i + k];
+          s1[k] += static_cast<double>(a[i + k]) * b[i + k];
+        }
+      for (; i < end; ++i) {
+        s0[0] += a[i];
+        s1[0] += static_cast<double>(a[i]) * b[i];
+      }
+      double* p = cp.at(item);
+      p[0] = (s0[0] + s0[1]) + (s0[2] + s0[3]);
+      p[1] = (s1[0] + s1[1]) + (s1[2] + s1[3]);
+    }
+  });
+  const std::vector<double> sums = cp.reduce_channels(N, h);
+  store_channel_sums<scalar_t>(sums, h, 2, 0, grad_bnb);
+  store_channel_sums<scalar_t>(sums, h, 2, 1, grad_bnw);
+
+  // grad_z = scale * (grad_u - ca - xhat * cb) per channel.
+  std::vector<scalar_t> scale(h), ca(h), cb(h);
+  const scalar_t* bw = bn_w.const_data_ptr<scalar_t>();
+  const scalar_t* vp = var.const_data_ptr<scalar_t>();
+  const double m = static_cast<double>(N * HW);
+  for (int64_t j = 0; j < h; ++j) {
+    const scalar_t invstd = scalar_t(1) / std::sqrt(vp[j] + static_cast<scalar_t>(eps));
+    scale[j] = bw[j] * invstd;
+    ca[j] = training ? static_cast<scalar_t>(sums[j * 2] / m) : scalar_t(0);
+    cb[j] = training ? static_cast<scalar_t>(sums[j * 2 + 1] / m) : scalar_t(0);
+  }
+
+  // Pass 2: per row block, grad_z in cache -> grad_x block, grad_weight partial.
+  constexpr bool kF32 = std::is_same_v<scalar_t, float>;
+  const int64_t ldz = kF32 ? gemm::padded(h) : h;
+  const RowBlocks rb(g.layout, N, HW, block_rows(C));
+  const at::Tensor x2d = x.view({g.rows, C});
+  at::Tensor gx2d = grad_x.view({g.rows, C});
+  at::Tensor wpart = Scratch::get(0, rb.count * h, C, opts);
+  std::vector<double> bpart(static_cast<size_t>(rb.count * h));
+  const int64_t max_rows = rb.get(0).rows;
+  [[maybe_unused]] const bool stream =
+      std::is_same_v<scalar_t, io_t> && g.rows * C * 4 >= gemm::kStreamBytes;
+  parallel_items(rb.count, [&](ItemQueue& queue) {
+    at::Tensor gzbuf = Scratch::get(1, max_rows, ldz, opts);
+    at::Tensor xbuf, gxbuf;
+    if constexpr (!std::is_same_v<scalar_t, io_t>) {
+      xbuf = Scratch::get(2, max_rows, C, opts);
+      gxbuf = Scratch::get(3, max_rows, C, opts);
+    }
+    scalar_t* gz = gzbuf.data_ptr<scalar_t>();
+    for (int64_t b; queue.pop(b);) {
+      const RowBlocks::Block k = rb.get(b);
+      const int64_t np = k.p1 - k.p0, rs = k.pstride * ldz;
+      for (int64_t n = k.n0; n < k.n1; ++n) {
+        scalar_t* zr = gz + rb.noff(k, n) * ldz;
+        for (int64_t j = 0; j < h; ++j) {
+          const scalar_t* a = gu + (n * h + j) * HW + k.p0;
+          const scalar_t* c = xh + (n * h + j) * HW + k.p0;
+          const scalar_t s = scale[j], sa = ca[j], sb = cb[j];
+          scalar_t* zc = zr + j;
+          for (int64_t i = 0; i < np; ++i) zc[i * rs] = s * (a[i] - sa - c[i] * sb);
+        }
+      }
+      double* bp = bpart.data() + b * h;
+      for (int64_t j = 0; j < h; ++j) bp[j] = 0.0;
+      for (int64_t r = 0; r < k.rows; ++r)
+        for (int64_t j = 0; j < h; ++j) bp[j] += gz[r * ldz + j];
+      const at::Tensor xb = block_input<scalar_t, io_t>(x2d, k, xbuf, C);
+      scalar_t* gxo = std::is_same_v<scalar_t, io_t>
+                          ? reinterpret_cast<scalar_t*>(gx2d.data_ptr<io_t>() + k.row0 * C)
+                          : gxbuf.data_ptr<scalar_t>();
+      if constexpr (kF32) {
+        gemm::outer(gz, ldz, k.rows, h, xb.const_data_ptr<float>(), C,
+                    wpart.data_ptr<float>() + b * h * C);
+        gemm::expand(gz, ldz, k.rows, h, weight.const_data_ptr<float>(), C, gxo, stream);
+      } else {
+        const at::Tensor gzb = gzbuf.narrow(0, 0, k.rows);
+        at::Tensor wp = wpart.narrow(0, b * h, h);
+        at::cpu::mm_out(wp, gzb.t(), xb);
+        at::Tensor gxb = at::from_blob(gxo, {k.rows, C}, opts);
+        at::cpu::mm_out(gxb, gzb, weight);
+      }
+      if constexpr (!std::is_same_v<scalar_t, io_t>)
+        convert_n<io_t, scalar_t>(gxo, gx2d.data_ptr<io_t>() + k.row0 * C, k.rows * C);
+    }
+  });
+
+  // Fixed-order sums of the per-block partials.
+  const std::vector<double> wsum = sum_partials(wpart.const_data_ptr<scalar_t>(), rb.count, h * C);
+  scalar_t* gw = grad_w.data_ptr<scalar_t>();
+  for (int64_t e = 0; e < h * C; ++e) gw[e] = static_cast<scalar_t>(wsum[e]);
+  scalar_t* gb = grad_b.data_ptr<scalar_t>();
+  for (int64_t j = 0; j < h; ++j) {
+    double s = 0.0;
+    for (int64_t b = 0; b < rb.count; ++b) s += bpart[b * h + j];
+    gb[j] = static_cast<scalar_t>(s);
+  }
+}
+
+// Dispatches on (compute dtype, storage dtype of x).
+template <typename F>
+void dispatch_io(at::ScalarType io, const char* op, const F& f) {
+  switch (io) {
+    case at::kDouble: f(double(), double()); break;
+    case at::kFloat: f(float(), float()); break;
+    case at::kHalf: f(float(), c10::Half()); break;
+    case at::kBFloat16: f(float(), c10::BFloat16()); break;
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", io);
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_in(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& running_mean,
+    const at::Tensor& running_var, bool training, double eps, c10::string_view layout,
+    int64_t H, int64_t W) {
+  const Geometry g = check_backbone(kFwd, x, "x", layout, H, W);
+  const at::ScalarType ct = compute_type(x.scalar_type());
+  check_weight(weight, g.C, ct, kFwd);
+  const int64_t h = weight.size(0);
+  check_vector(bias, h, ct, kFwd, "bias");
+  check_vector(bn_weight, h, ct, kFwd, "bn_weight");
+  check_vector(bn_bias, h, ct, kFwd, "bn_bias");
+  check_vector(running_mean, h, ct, kFwd, "running_mean");
+  check_vector(running_var, h, ct, kFwd, "running_var");
+  TORCH_CHECK(!training || g.rows > 1, kFwd,
+              ": training-mode batch statistics need more than one value per channel, got N*H*W=",
+              g.rows);
+  const auto opts = weight.options();
+  at::Tensor u = new_output({g.N, h, H, W}, opts);
+  at::Tensor xhat = new_output({g.N, h, H, W}, opts);
+  at::Tensor mean = new_output({h}, opts);
+  at::Tensor var = new_output({h}, opts);
+  if (g.rows == 0) {
+    mean.copy_(running_mean);
+    var.copy_(running_var);
+    return {u, xhat, mean, var};
+  }
+  const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
+  const at::Tensor bc = bias.contiguous(), bwc = bn_weight.contiguous(), bbc = bn_bias.contiguous();
+  const at::Tensor rmc = running_mean.contiguous(), rvc = running_var.contiguous();
+  dispatch_io(x.scalar_type(), kFwd, [&](auto s, auto io) {
+    using scalar_t = decltype(s);
+    using io_t = decltype(io);
+    forward_impl<scalar_t, io_t>(g, xc, wc, bc, bwc, bbc, rmc, rvc, training, eps, u, xhat,
+                                 mean, var);
+  });
+  return {u, xhat, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_in_backward(
+    const at::Tensor& grad_u, const at::Tensor& x, const at::Tensor& xhat,
+    const at::Tensor& weight, const at::Tensor& bn_weight, const at::Tensor& var,
+    bool training, double eps, c10::string_view layout, int64_t H, int64_t W) {
+  const Geometry g = check_backbone(kBwd, x, "x", layout, H, W);
+  const at::ScalarType ct = compute_type(x.scalar_type());
+  check_weight(weight, g.C, ct, kBwd);
+  const int64_t h = weight.size(0);
+  check_hidden(grad_u, g, h, ct, kBwd, "grad_u");
+  check_hidden(xhat, g, h, ct, kBwd, "xhat");
+  check_vector(bn_weight, h, ct, kBwd, "bn_weight");
+  check_vector(var, h, ct, kBwd, "var");
+  const auto opts = weight.options();
+  at::Tensor grad_x = new_output(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_w = new_output({h, g.C}, opts);
+  at::Tensor grad_b = new_output({h}, opts);
+  at::Tensor grad_bnw = new_output({h}, opts);
+  at::Tensor grad_bnb = new_output({h}, opts);
+  if (g.rows == 0) {
+    grad_w.zero_();
+    grad_b.zero_();
+    grad_bnw.zero_();
+    grad_bnb.zero_();
+    return {grad_x, grad_w, grad_b, grad_bnw, grad_bnb};
+  }
+  const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
+  const at::Tensor guc = grad_u.contiguous(), xhc = xhat.contiguous();
+  const at::Tensor bwc = bn_weight.contiguous(), vc = var.contiguous();
+  dispatch_io(x.scalar_type(), kBwd, [&](auto s, auto io) {
+    using scalar_t = decltype(s);
+    using io_t = decltype(io);
+    backward_impl<scalar_t, io_t>(g, guc, xc, xhc, wc, bwc, vc, training, eps, grad_x, grad_w,
+                                  grad_b, grad_bnw, grad_bnb);
+  });
+  return {grad_x, grad_w, grad_b, grad_bnw, grad_bnb};
+}
+
+TORCH_LIBRARY_IMPL(adaptir_cpp, CPU, m) {
+  m.impl("project_in", &project_in);
+  m.impl("project_in_backward", &project_in_backward);
+}
+
+}  // namespace adaptir::cpu

@@ -1,0 +1,101 @@
+// Run-time selection between the AVX2+FMA and the baseline builds of
+// skinny_gemm_impl.h.
+#include "skinny_gemm.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ADAPTIR_HAVE_AVX2_BUILD 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#pragma GCC optimize("fp-contract=fast")
+namespace adaptir::cpu::gemm::avx2 {
+// dst[0, n) = src[0, n) with 32-byte streaming stores where dst is aligned.
+static inline void stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  const int64_t head = ((32 - (reinterpret_cast<uintptr_t>(dst) & 31)) & 31) / 4;
+  if ((reinterpret_cast<uintptr_t>(dst) & 3) != 0 || n < 16) {
+    std::memcpy(dst, src, sizeof(float) * n);
+    return;
+  }
+  for (; i < head; ++i) dst[i] = src[i];
+  for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
+}
+#define SG_ACC 12
+#include "skinny_gemm_impl.h"
+#undef SG_ACC
+}  // namespace adaptir::cpu::gemm::avx2
+#pragma GCC pop_options
+#endif
+
+namespace adaptir::cpu::gemm::base {
+#if defined(__x86_64__)
+static inline void stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  const int64_t head = ((16 - (reinterpret_cast<uintptr_t>(dst) & 15)) & 15) / 4;
+  if ((reinterpret_cast<uintptr_t>(dst) & 3) != 0 || n < 8) {
+    std::memcpy(dst, src, sizeof(float) * n);
+    return;
+  }
+  for (; i < head; ++i) dst[i] = src[i];
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
+}
+#else
+static inline void stream_copy(float* dst, const float* src, int64_t n) {
+  std::memcpy(dst, src, sizeof(float) * n);
+}
+#endif
+#define SG_ACC 6
+#include "skinny_gemm_impl.h"
+#undef SG_ACC
+}  // namespace adaptir::cpu::gemm::base
+
+namespace adaptir::cpu::gemm {
+
+bool uses_avx2() {
+#ifdef ADAPTIR_HAVE_AVX2_BUILD
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
+#ifdef ADAPTIR_HAVE_AVX2_BUILD
+#define SG_DISPATCH(fn, ...) (uses_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+#else
+#define SG_DISPATCH(fn, ...) base::fn(__VA_ARGS__)
+#endif
+
+void rows_dot(const float* x, int64_t R, int64_t C, const float* wt, int64_t hp,
+              const float* bias, float* z, int64_t ldz) {
+  SG_DISPATCH(rows_dot_impl, x, R, C, wt, hp, bias, z, ldz);
+}
+
+void expand(const float* g, int64_t ldg, int64_t R, int64_t h, const float* w, int64_t C,
+            float* y, bool stream) {
+  SG_DISPATCH(expand_impl, g, ldg, R, h, w, C, y, stream);
+#if defined(__x86_64__)
+  if (stream) _mm_sfence();
+#endif
+}
+
+void outer(const float* g, int64_t ldg, int64_t R, int64_t h, const float* x, int64_t C,
+           float* p) {
+  SG_DISPATCH(outer_impl, g, ldg, R, h, x, C, p);
+}
+
+}  // namespace adaptir::cpu::gemm

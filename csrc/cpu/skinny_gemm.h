@@ -1,0 +1,36 @@
+// Skinny float32 matrix products for the backbone-width GEMMs of the fused operators:
+// one side is rows x C (C = backbone width, memory-bound), the other C x h with a small
+// hidden width h. Single-threaded (called per row block inside a parallel loop), with
+// a fixed summation order, so results never depend on the thread count. An AVX2+FMA
+// version is chosen at run time where the CPU has it.
+#pragma once
+
+#include <cstdint>
+
+namespace adaptir::cpu::gemm {
+
+// Columns of a packed operand: h rounded up to a multiple of 8.
+inline int64_t padded(int64_t h) { return (h + 7) / 8 * 8; }
+
+// z[r, j] = bias[j] + sum_c x[r, c] wt[c, j] for j < hp; x: (R, C) rows of stride C,
+// wt: (C, hp) packed (zero columns beyond h), bias: hp values or nullptr,
+// z: rows of stride ldz >= hp.
+void rows_dot(const float* x, int64_t R, int64_t C, const float* wt, int64_t hp,
+              const float* bias, float* z, int64_t ldz);
+
+// y[r, c] = sum_{j < h} g[r, j] w[j, c]; g rows of stride ldg, w: (h, C), y: (R, C).
+// stream: write y with non-temporal stores (for outputs much larger than the caches).
+void expand(const float* g, int64_t ldg, int64_t R, int64_t h, const float* w, int64_t C,
+            float* y, bool stream = false);
+
+// Outputs at least this large are written with streaming stores.
+constexpr int64_t kStreamBytes = int64_t{16} << 20;
+
+// p[j, c] = sum_r g[r, j] x[r, c] for j < h; g rows of stride ldg, x: (R, C), p: (h, C).
+void outer(const float* g, int64_t ldg, int64_t R, int64_t h, const float* x, int64_t C,
+           float* p);
+
+// Whether the AVX2+FMA versions are in use.
+bool uses_avx2();
+
+}  // namespace adaptir::cpu::gemm

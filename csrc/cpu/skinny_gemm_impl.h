@@ -1,0 +1,226 @@
+// Bodies of the skinny float32 matrix products of skinny_gemm.h. No include guard:
+// skinny_gemm.cpp includes this file once per instruction set, inside a namespace,
+// with SG_ACC (vector accumulators kept in registers) defined.
+//
+// Vectors are 8 floats (GCC vector extensions); the AVX2 build maps one to a ymm
+// register and contracts a * b + c to FMA, the baseline build to two SSE registers.
+
+typedef float vf __attribute__((vector_size(32)));
+
+#define SG_AI static inline __attribute__((always_inline))
+
+SG_AI vf ld(const float* p) {
+  vf v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+SG_AI void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+SG_AI vf bc(float x) { return vf{x, x, x, x, x, x, x, x}; }
+
+// ---- z = x @ wt (+ bias): x (rows, C), wt (C, ldw) packed, z (rows, ldz) ----------
+
+template <int HV, int RB>
+SG_AI void dot_rows(const float* x, int64_t C, const float* wt, int64_t ldw, const float* bias,
+                    float* z, int64_t ldz) {
+  vf acc[RB][HV];
+  for (int v = 0; v < HV; ++v) {
+    const vf b = bias ? ld(bias + 8 * v) : bc(0.0f);
+    for (int i = 0; i < RB; ++i) acc[i][v] = b;
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    if ((c & 15) == 0)
+      for (int i = 0; i < RB; ++i) __builtin_prefetch(x + (RB + i) * C + c, 0, 0);
+    vf w[HV];
+    for (int v = 0; v < HV; ++v) w[v] = ld(wt + c * ldw + 8 * v);
+    for (int i = 0; i < RB; ++i) {
+      const vf xb = bc(x[i * C + c]);
+      for (int v = 0; v < HV; ++v) acc[i][v] += xb * w[v];
+    }
+  }
+  for (int i = 0; i < RB; ++i)
+    for (int v = 0; v < HV; ++v) st(z + i * ldz + 8 * v, acc[i][v]);
+}
+
+template <int HV>
+static void dot_hv(const float* x, int64_t R, int64_t C, const float* wt, int64_t ldw,
+                   const float* bias, float* z, int64_t ldz) {
+  constexpr int RB = SG_ACC / HV > 0 ? SG_ACC / HV : 1;
+  int64_t r = 0;
+  for (; r + RB <= R; r += RB) dot_rows<HV, RB>(x + r * C, C, wt, ldw, bias, z + r * ldz, ldz);
+  for (; r < R; ++r) dot_rows<HV, 1>(x + r * C, C, wt, ldw, bias, z + r * ldz, ldz);
+}
+
+// hp (columns of wt and z to produce) is a multiple of 8.
+static void rows_dot_impl(const float* x, int64_t R, int64_t C, const float* wt, int64_t hp,
+                          const float* bias, float* z, int64_t ldz) {
+  for (int64_t j0 = 0; j0 < hp; j0 += 32) {
+    const int64_t hv = std::min<int64_t>(4, (hp - j0) / 8);
+    const float* b = bias ? bias + j0 : nullptr;
+    switch (hv) {
+      case 1: dot_hv<1>(x, R, C, wt + j0, hp, b, z + j0, ldz); break;
+      case 2: dot_hv<2>(x, R, C, wt + j0, hp, b, z + j0, ldz); break;
+      case 3: dot_hv<3>(x, R, C, wt + j0, hp, b, z + j0, ldz); break;
+      default: dot_hv<4>(x, R, C, wt + j0, hp, b, z + j0, ldz); break;
+    }
+  }
+}
+
+// ---- y = g @ w: g (rows, ldg) with h used columns, w (h, C), y (rows, C) ----------
+
+template <int CV, int RB>
+SG_AI void expand_tile(const float* g, int64_t ldg, int64_t h, const float* w, int64_t C,
+                       float* y) {
+  vf acc[RB][CV];
+  for (int i = 0; i < RB; ++i)
+    for (int v = 0; v < CV; ++v) acc[i][v] = bc(0.0f);
+  for (int64_t j = 0; j < h; ++j) {
+    vf wv[CV];
+    for (int v = 0; v < CV; ++v) wv[v] = ld(w + j * C + 8 * v);
+    for (int i = 0; i < RB; ++i) {
+      const vf gb = bc(g[i * ldg + j]);
+      for (int v = 0; v < CV; ++v) acc[i][v] += gb * wv[v];
+    }
+  }
+  for (int i = 0; i < RB; ++i)
+    for (int v = 0; v < CV; ++v) st(y + i * C + 8 * v, acc[i][v]);
+}
+
+template <int RB>
+SG_AI void expand_rows(const float* g, int64_t ldg, int64_t h, const float* w, int64_t C,
+                       float* y) {
+  constexpr int CV = SG_ACC / RB > 3 ? 3 : (SG_ACC / RB > 0 ? SG_ACC / RB : 1);
+  int64_t c = 0;
+  for (; c + 8 * CV <= C; c += 8 * CV) expand_tile<CV, RB>(g, ldg, h, w + c, C, y + c);
+  for (; c + 8 <= C; c += 8) expand_tile<1, RB>(g, ldg, h, w + c, C, y + c);
+  if (c < C) {
+    const int64_t rem = C - c;
+    vf acc[RB];
+    for (int i = 0; i < RB; ++i) acc[i] = bc(0.0f);
+    for (int64_t j = 0; j < h; ++j) {
+      float tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      __builtin_memcpy(tmp, w + j * C + c, sizeof(float) * rem);
+      const vf wv = ld(tmp);
+      for (int i = 0; i < RB; ++i) acc[i] += bc(g[i * ldg + j]) * wv;
+    }
+    for (int i = 0; i < RB; ++i) {
+      float tmp[8];
+      st(tmp, acc[i]);
+      __builtin_memcpy(y + i * C + c, tmp, sizeof(float) * rem);
+    }
+  }
+}
+
+static void expand_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const float* w,
+                        int64_t C, float* y, bool stream) {
+  constexpr int RB = SG_ACC >= 12 ? 4 : 2;
+  if (!stream) {
+    int64_t r = 0;
+    for (; r + RB <= R; r += RB) expand_rows<RB>(g + r * ldg, ldg, h, w, C, y + r * C);
+    for (; r < R; ++r) expand_rows<1>(g + r * ldg, ldg, h, w, C, y + r * C);
+    return;
+  }
+  // Rows are produced in a staging buffer in cache, then written with streaming stores
+  // (no read-for-ownership of the destination lines).
+  float stage[RB * 1024];
+  const int64_t rows_per = std::max<int64_t>(1, (RB * 1024) / std::max<int64_t>(C, 1));
+  if (C > RB * 1024) {
+    for (int64_t r = 0; r < R; ++r) expand_rows<1>(g + r * ldg, ldg, h, w, C, y + r * C);
+    return;
+  }
+  int64_t r = 0;
+  while (r < R) {
+    const int64_t n = std::min(rows_per, R - r);
+    int64_t i = 0;
+    for (; i + RB <= n; i += RB) expand_rows<RB>(g + (r + i) * ldg, ldg, h, w, C, stage + i * C);
+    for (; i < n; ++i) expand_rows<1>(g + (r + i) * ldg, ldg, h, w, C, stage + i * C);
+    stream_copy(y + r * C, stage, n * C);
+    r += n;
+  }
+}
+
+// ---- p = g^T @ x: g (rows, ldg) with h used columns, x (rows, C), p (h, C) --------
+
+template <int CV, int JG>
+SG_AI void outer_tile(const float* g, int64_t ldg, int64_t R, const float* x, int64_t C,
+                      float* p, bool add) {
+  vf acc[JG][CV];
+  for (int jj = 0; jj < JG; ++jj)
+    for (int v = 0; v < CV; ++v) acc[jj][v] = add ? ld(p + jj * C + 8 * v) : bc(0.0f);
+  for (int64_t r = 0; r < R; ++r) {
+    vf xv[CV];
+    for (int v = 0; v < CV; ++v) xv[v] = ld(x + r * C + 8 * v);
+    const float* gr = g + r * ldg;
+    for (int jj = 0; jj < JG; ++jj) {
+      const vf gb = bc(gr[jj]);
+      for (int v = 0; v < CV; ++v) acc[jj][v] += gb * xv[v];
+    }
+  }
+  for (int jj = 0; jj < JG; ++jj)
+    for (int v = 0; v < CV; ++v) st(p + jj * C + 8 * v, acc[jj][v]);
+}
+
+// Fetches the lines [*next, end) in portions of `lines`, spreading a sub-block's
+// prefetch over the tiles of the previous sub-block.
+SG_AI void prefetch_some(const char*& next, const char* end, int64_t lines) {
+  for (int64_t k = 0; k < lines && next < end; ++k, next += 64) __builtin_prefetch(next, 0, 3);
+}
+
+template <int JG>
+static void outer_group(const float* g, int64_t ldg, int64_t R, const float* x, int64_t C,
+                        float* p, bool add, const char*& pf, const char* pf_end,
+                        int64_t pf_lines) {
+  constexpr int CV = SG_ACC / JG >= 2 ? 2 : 1;
+  int64_t c = 0;
+  for (; c + 8 * CV <= C; c += 8 * CV) {
+    prefetch_some(pf, pf_end, pf_lines);
+    outer_tile<CV, JG>(g, ldg, R, x + c, C, p + c, add);
+  }
+  for (; c + 8 <= C; c += 8) outer_tile<1, JG>(g, ldg, R, x + c, C, p + c, add);
+  if (c < C) {
+    const int64_t rem = C - c;
+    vf acc[JG];
+    for (int jj = 0; jj < JG; ++jj) {
+      float tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if (add) __builtin_memcpy(tmp, p + jj * C + c, sizeof(float) * rem);
+      acc[jj] = ld(tmp);
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      float tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      __builtin_memcpy(tmp, x + r * C + c, sizeof(float) * rem);
+      const vf xv = ld(tmp);
+      const float* gr = g + r * ldg;
+      for (int jj = 0; jj < JG; ++jj) acc[jj] += bc(gr[jj]) * xv;
+    }
+    for (int jj = 0; jj < JG; ++jj) {
+      float tmp[8];
+      st(tmp, acc[jj]);
+      __builtin_memcpy(p + jj * C + c, tmp, sizeof(float) * rem);
+    }
+  }
+}
+
+static void outer_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const float* x,
+                       int64_t C, float* p) {
+  // Sub-blocks of rows that fit in L1/L2, accumulated into p in row order. The tiles
+  // walk a sub-block by column strips, so the next sub-block is prefetched in address
+  // order while the current one is computed.
+  constexpr int JG = SG_ACC >= 12 ? 6 : 3;
+  const int64_t sub = std::min<int64_t>(64, std::max<int64_t>(8, (48 * 1024) / (4 * std::max<int64_t>(C, 1))));
+  const int64_t strips = (C / 16 + 1) * ((h + JG - 1) / JG);
+  const int64_t pf_lines = (sub * C * 4 / 64) / strips + 1;
+  for (int64_t e = 0; e < std::min(sub, R) * C; e += 16) __builtin_prefetch(x + e, 0, 3);
+  for (int64_t r0 = 0; r0 < R; r0 += sub) {
+    const int64_t n = std::min(sub, R - r0);
+    const float* gs = g + r0 * ldg;
+    const float* xs = x + r0 * C;
+    const char* pf = reinterpret_cast<const char*>(xs + n * C);
+    const char* pf_end = reinterpret_cast<const char*>(xs + (n + std::min(sub, R - r0 - n)) * C);
+    const bool add = r0 > 0;
+    int64_t j = 0;
+    for (; j + JG <= h; j += JG) outer_group<JG>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
+    for (; j < h; ++j) outer_group<1>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
+    prefetch_some(pf, pf_end, (pf_end - pf) / 64 + 1);
+  }
+}
+
+#undef SG_AI
