@@ -90,17 +90,7 @@ def copy_bandwidth(device, timer) -> float:
 # ---- modules ---------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def randomize(module, seed=0, std=0.3):
-    gen = torch.Generator().manual_seed(seed)
-    for p in module.parameters():
-        p.copy_(torch.randn(p.shape, generator=gen) * std)
-    for name, buf in module.named_buffers():
-        if name.endswith("running_mean"):
-            buf.copy_(torch.randn(buf.shape, generator=gen) * 0.2)
-        elif name.endswith("running_var"):
-            buf.copy_(torch.rand(buf.shape, generator=gen) + 0.5)
-    return module
+from adaptir_kernels.testing import randomize  # noqa: E402
 
 
 def build(spec, device):

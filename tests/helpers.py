@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from adaptir_kernels.reference import AdaptIR as ReferenceAdaptIR
+from adaptir_kernels.testing import randomize  # noqa: F401  (re-exported for the tests)
 
 # (N, H, W): odd and unequal sizes, H or W = 1, N = 1.
 SHAPES = [(2, 5, 7), (1, 4, 4), (3, 1, 6), (2, 6, 1), (1, 3, 8), (2, 8, 5)]
 
-
-@torch.no_grad()
-def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
-    """Draw every parameter and the BN running statistics at random (tail and gates
-    start at zero, which would make any comparison vacuous)."""
-    gen = torch.Generator().manual_seed(seed)
-    for p in module.parameters():
-        p.copy_(torch.randn(p.shape, generator=gen) * std)
-    for name, buf in module.named_buffers():
-        if name.endswith("running_mean"):
-            buf.copy_(torch.randn(buf.shape, generator=gen) * 0.2)
-        elif name.endswith("running_var"):
-            buf.copy_(torch.rand(buf.shape, generator=gen) + 0.5)
-    return module
 
 
 def make_pair(cls, d_model=56, preset="edt", layout="nhwc", seed=0, **kw):
