@@ -89,7 +89,8 @@ class _AdaptIRChain(torch.autograd.Function):
             g_g, g_gmean, u, amp_w, amp_b, pha_w, pha_b, backend)
         gu_local, g_A, g_B, g_cbias, g_siw, g_sib = local_branch_backward(
             g_l, g_sg, u, conv_A, conv_B, conv_bias, si_w, si_b, backend)
-        grad_u = gu_router + gu_global + gu_local
+        grad_u = torch.add(gu_global, gu_local)
+        grad_u.add_(gu_router)
         g_x, g_hw, g_hb, g_bnw, g_bnb = project_in_backward(
             grad_u, x, xhat, head_w, bn_w, var, training, eps, layout, H, W, backend)
         return (g_x, g_hw, g_hb, g_bnw, g_bnb, None, None,
