@@ -9,8 +9,10 @@ Variants, measured in the same process on the same backbone weights:
     eager  adapters in every block, eager reference implementation.
     fused  adapters in every block, fused implementation (backend "auto" by default).
 The adapters' parameters are drawn at random first (a fresh adapter is an exact zero
-function with mostly vanishing gradients). Reported: median step time per variant and
-the adapters' overhead over `none`.
+function with mostly vanishing gradients). The variants' steps are interleaved
+round-robin, so slow drifts of the machine reach every variant alike. Reported: the
+minimum (CPU: foreign load only ever adds time) or median (CUDA) step time per variant,
+and the adapters' overhead over `none`.
 
     python benchmarks/bench_finetune_step.py                     # CPU (+ CUDA when present)
     python benchmarks/bench_finetune_step.py --device cuda --batch-size 16 --repeats 10
@@ -70,7 +72,7 @@ def _build_variant(base: EDT, variant: str, backend: str, seed: int) -> EDT:
     return model
 
 
-def _time_steps(model, x, target, warmup: int, repeats: int, device: torch.device) -> List[float]:
+def _make_step(model, x, target):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     model.train()
@@ -81,16 +83,30 @@ def _time_steps(model, x, target, warmup: int, repeats: int, device: torch.devic
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
+    return step
+
+
+def _time_round_robin(steps: Dict[str, callable], warmup: int, repeats: int,
+                      device: torch.device) -> Dict[str, List[float]]:
+    """Warm every step up, then time them in turn, `repeats` rounds; a step that raises is
+    dropped from the rounds with its error (a backend missing on this machine)."""
+    times: Dict[str, List[float]] = {v: [] for v in steps}
+    errors: Dict[str, str] = {}
+    for rnd in range(warmup + repeats):
+        for v, step in steps.items():
+            if v in errors:
+                continue
+            try:
+                _sync(device)
+                t0 = time.perf_counter()
+                step()
+                _sync(device)
+            except Exception as err:
+                errors[v] = f"{type(err).__name__}: {err}"
+                continue
+            if rnd >= warmup:
+                times[v].append(time.perf_counter() - t0)
+    return times, errors
 
 
 def run(
@@ -106,6 +122,7 @@ def run(
     seed: int = 0,
     threads: Optional[int] = None,
     verbose: bool = False,
+    stat: Optional[str] = None,
 ) -> Dict:
     """Time one fine-tuning step per variant; returns a dict with per-variant step times
     (seconds), the adapters' overhead over `none` and the fused speed-up over eager."""
@@ -116,6 +133,10 @@ def run(
         torch.set_num_threads(int(threads))
     if batch_size is None:
         batch_size = 16 if dev.type == "cuda" else 1
+    if stat is None:
+        stat = "median" if dev.type == "cuda" else "min"
+    if stat not in ("min", "median"):
+        raise ValueError(f"stat must be 'min' or 'median', got {stat!r}")
     unknown = {v for v in variants if v not in VARIANTS and not v.startswith("fused:")}
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; expected {VARIANTS} or fused:<backend>")
@@ -137,6 +158,7 @@ def run(
         "patch": patch,
         "repeats": repeats,
         "warmup": warmup,
+        "stat": stat,
         "torch": torch.__version__,
         "times_s": {},
         "all_times_s": {},
@@ -150,6 +172,7 @@ def run(
     except Exception as err:  # the fused module may be unavailable
         result["fused_backend"] = f"unavailable: {err}"
 
+    steps = {}
     for v in variants:
         try:
             model = _build_variant(base, v, backend, seed)
@@ -157,23 +180,32 @@ def run(
             result["skipped"][v] = str(err)
             continue
         result["trainable"][v] = int(trainable_parameters(model))
-        if dev.type == "cuda":
+        steps[v] = _make_step(model, x, target)
+    if dev.type == "cuda":
+        # Peak memory per variant: one step each on a clean slate.
+        for v, step in steps.items():
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-        try:
-            times = _time_steps(model, x, target, warmup, repeats, dev)
-        except Exception as err:  # e.g. a backend whose kernels are missing on this machine
-            result["skipped"][v] = f"{type(err).__name__}: {err}"
-            if verbose:
-                print(f"  {v:6s} failed: {result['skipped'][v]}", flush=True)
-            continue
-        result["all_times_s"][v] = times
-        result["times_s"][v] = statistics.median(times)
-        if dev.type == "cuda":
+            try:
+                step()
+            except Exception:
+                continue
+            _sync(dev)
             result.setdefault("peak_memory_mb", {})[v] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
+    times, errors = _time_round_robin(steps, warmup, repeats, dev)
+    pick = min if stat == "min" else statistics.median
+    for v in steps:
+        if v in errors:
+            result["skipped"][v] = errors[v]
+            result.get("peak_memory_mb", {}).pop(v, None)
+            if verbose:
+                print(f"  {v:6s} failed: {errors[v]}", flush=True)
+            continue
+        result["all_times_s"][v] = times[v]
+        result["times_s"][v] = pick(times[v])
         if verbose:
-            print(f"  {v:6s} median {result['times_s'][v] * 1e3:9.1f} ms  ({', '.join(f'{t * 1e3:.1f}' for t in times)})",
+            print(f"  {v:6s} {stat} {result['times_s'][v] * 1e3:9.1f} ms  ({', '.join(f'{t * 1e3:.1f}' for t in times[v])})",
                   flush=True)
-        del model
 
     t = result["times_s"]
     if "none" in t:
@@ -189,7 +221,7 @@ def _format(res: Dict) -> str:
     lines = [
         f"{res['model']} {res['task']} fine-tuning step on {res['device_name']} ({res['device']}, "
         f"{res['threads']} threads), batch {res['batch_size']} x {res['patch']}x{res['patch']}, "
-        f"median of {res['repeats']} (after {res['warmup']} warm-up); fused backend: {res['fused_backend']}"
+        f"{res.get('stat', 'median')} of {res['repeats']} interleaved rounds (after {res['warmup']} warm-up); fused backend: {res['fused_backend']}"
     ]
     for v, t in res["times_s"].items():
         extra = ""
@@ -220,6 +252,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="a small EDT (smoke test), not EDT-B")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stat", choices=("min", "median"), default=None,
+                    help="statistic of the timed rounds (default: min on the CPU, median on CUDA)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args(argv)
 
@@ -229,7 +263,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"[{d}]", flush=True)
         res = run(device=d, batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, task=args.task,
                   patch=args.patch, backend=args.backend, variants=[v for v in args.variants.split(",") if v],
-                  tiny=args.tiny, seed=args.seed, threads=args.threads, verbose=True)
+                  tiny=args.tiny, seed=args.seed, threads=args.threads, verbose=True,
+                  stat=args.stat)
         print(_format(res), flush=True)
         results.append(res)
     if args.json:

@@ -94,6 +94,23 @@ SG_AI void expand_rows(const float* g, int64_t ldg, int64_t h, const float* w, i
   for (; c + 8 <= C; c += 8) expand_tile<1, RB>(g, ldg, h, w + c, C, y + c);
   if (c < C) {
     const int64_t rem = C - c;
+    if (C >= 8) {
+      // The last 8 columns as one full vector ending at C: every load stays in bounds, and
+      // only the rem new columns are stored.
+      const int64_t c8 = C - 8;
+      vf acc[RB];
+      for (int i = 0; i < RB; ++i) acc[i] = bc(0.0f);
+      for (int64_t j = 0; j < h; ++j) {
+        const vf wv = ld(w + j * C + c8);
+        for (int i = 0; i < RB; ++i) acc[i] += bc(g[i * ldg + j]) * wv;
+      }
+      for (int i = 0; i < RB; ++i) {
+        float tmp[8];
+        st(tmp, acc[i]);
+        __builtin_memcpy(y + i * C + c, tmp + (8 - rem), sizeof(float) * rem);
+      }
+      return;
+    }
     vf acc[RB];
     for (int i = 0; i < RB; ++i) acc[i] = bc(0.0f);
     for (int64_t j = 0; j < h; ++j) {
@@ -176,7 +193,24 @@ static void outer_group(const float* g, int64_t ldg, int64_t R, const float* x, 
     outer_tile<CV, JG>(g, ldg, R, x + c, C, p + c, add);
   }
   for (; c + 8 <= C; c += 8) outer_tile<1, JG>(g, ldg, R, x + c, C, p + c, add);
-  if (c < C) {
+  if (c < C && C >= 8) {
+    // The last 8 columns as one full vector ending at C (loads in bounds); the lanes of
+    // columns before c are computed but never stored, so in `add` mode the columns the
+    // tiles above already updated are not added twice.
+    const int64_t rem = C - c, c8 = C - 8;
+    vf acc[JG];
+    for (int jj = 0; jj < JG; ++jj) acc[jj] = add ? ld(p + jj * C + c8) : bc(0.0f);
+    for (int64_t r = 0; r < R; ++r) {
+      const vf xv = ld(x + r * C + c8);
+      const float* gr = g + r * ldg;
+      for (int jj = 0; jj < JG; ++jj) acc[jj] += bc(gr[jj]) * xv;
+    }
+    for (int jj = 0; jj < JG; ++jj) {
+      float tmp[8];
+      st(tmp, acc[jj]);
+      __builtin_memcpy(p + jj * C + c, tmp + (8 - rem), sizeof(float) * rem);
+    }
+  } else if (c < C) {
     const int64_t rem = C - c;
     vf acc[JG];
     for (int jj = 0; jj < JG; ++jj) {

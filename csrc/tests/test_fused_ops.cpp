@@ -59,7 +59,8 @@ bool throws_with(F f, const char* needle) {
 void test_skinny_gemm() {
   at::manual_seed(0);
   for (const auto& [R, C, h] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-           {1, 1, 1}, {7, 13, 3}, {37, 40, 12}, {100, 180, 12}, {65, 576, 24}, {9, 17, 33}}) {
+           {1, 1, 1}, {7, 13, 3}, {37, 40, 12}, {100, 180, 12}, {65, 576, 24}, {9, 17, 33},
+           {300, 9, 5}, {70, 8, 2}, {130, 181, 12}}) {
     const int64_t hp = adaptir::cpu::gemm::padded(h);
     const at::Tensor x = at::randn({R, C}), w = at::randn({h, C}), g = at::randn({R, hp});
     const at::Tensor bias = at::randn({hp});
