@@ -17,6 +17,30 @@ SG_AI vf ld(const float* p) {
 SG_AI void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 SG_AI vf bc(float x) { return vf{x, x, x, x, x, x, x, x}; }
 
+// Non-temporal store of 8 floats as two 16-byte halves: p must be 16-byte aligned.
+SG_AI void st_nt(float* p, vf v) {
+#if defined(__x86_64__)
+  __m128 lo, hi;
+  __builtin_memcpy(&lo, &v, 16);
+  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + 16, 16);
+  _mm_stream_ps(p, lo);
+  _mm_stream_ps(p + 4, hi);
+#else
+  st(p, v);
+#endif
+}
+
+// Non-temporal store of the upper 4 lanes of v at p (16-byte aligned).
+SG_AI void st_nt_hi(float* p, vf v) {
+#if defined(__x86_64__)
+  __m128 hi;
+  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + 16, 16);
+  _mm_stream_ps(p, hi);
+#else
+  __builtin_memcpy(p, reinterpret_cast<const char*>(&v) + 16, 16);
+#endif
+}
+
 // ---- z = x @ wt (+ bias): x (rows, C), wt (C, ldw) packed, z (rows, ldz) ----------
 
 template <int HV, int RB>
@@ -67,7 +91,7 @@ static void rows_dot_impl(const float* x, int64_t R, int64_t C, const float* wt,
 
 // ---- y = g @ w: g (rows, ldg) with h used columns, w (h, C), y (rows, C) ----------
 
-template <int CV, int RB>
+template <int CV, int RB, bool NT = false>
 SG_AI void expand_tile(const float* g, int64_t ldg, int64_t h, const float* w, int64_t C,
                        float* y) {
   vf acc[RB][CV];
@@ -82,7 +106,34 @@ SG_AI void expand_tile(const float* g, int64_t ldg, int64_t h, const float* w, i
     }
   }
   for (int i = 0; i < RB; ++i)
-    for (int v = 0; v < CV; ++v) st(y + i * C + 8 * v, acc[i][v]);
+    for (int v = 0; v < CV; ++v) {
+      if constexpr (NT)
+        st_nt(y + i * C + 8 * v, acc[i][v]);
+      else
+        st(y + i * C + 8 * v, acc[i][v]);
+    }
+}
+
+// Rows of y written straight from the registers with non-temporal stores, each row
+// front to back (so the write-combining buffers fill whole lines). Needs C a multiple
+// of 4, C >= 8 and y 16-byte aligned: every store is then 16-byte aligned.
+template <int RB>
+SG_AI void expand_rows_nt(const float* g, int64_t ldg, int64_t h, const float* w, int64_t C,
+                          float* y) {
+  constexpr int CV = SG_ACC / RB > 3 ? 3 : (SG_ACC / RB > 0 ? SG_ACC / RB : 1);
+  int64_t c = 0;
+  for (; c + 8 * CV <= C; c += 8 * CV) expand_tile<CV, RB, true>(g, ldg, h, w + c, C, y + c);
+  for (; c + 8 <= C; c += 8) expand_tile<1, RB, true>(g, ldg, h, w + c, C, y + c);
+  if (c < C) {  // C - c == 4: the upper half of the vector ending at C
+    const int64_t c8 = C - 8;
+    vf acc[RB];
+    for (int i = 0; i < RB; ++i) acc[i] = bc(0.0f);
+    for (int64_t j = 0; j < h; ++j) {
+      const vf wv = ld(w + j * C + c8);
+      for (int i = 0; i < RB; ++i) acc[i] += bc(g[i * ldg + j]) * wv;
+    }
+    for (int i = 0; i < RB; ++i) st_nt_hi(y + i * C + c, acc[i]);
+  }
 }
 
 template <int RB>
@@ -136,8 +187,19 @@ static void expand_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const
     for (; r < R; ++r) expand_rows<1>(g + r * ldg, ldg, h, w, C, y + r * C);
     return;
   }
-  // Rows are produced in a staging buffer in cache, then written with streaming stores
-  // (no read-for-ownership of the destination lines).
+  // Streaming stores: no read-for-ownership of the destination lines. Straight from the
+  // registers when w stays in L1 (one thread, 36864 rows: about 1.15x faster than
+  // staging at C = 180, h = 12; 1.2x slower at C = 576, h = 24, where w is re-read
+  // from L2 between the stores).
+  if (C % 4 == 0 && C >= 8 && (reinterpret_cast<uintptr_t>(y) & 15) == 0 &&
+      h * C * 4 <= 16 * 1024) {
+    int64_t r = 0;
+    for (; r + RB <= R; r += RB) expand_rows_nt<RB>(g + r * ldg, ldg, h, w, C, y + r * C);
+    for (; r < R; ++r) expand_rows_nt<1>(g + r * ldg, ldg, h, w, C, y + r * C);
+    return;
+  }
+  // Otherwise rows are produced in a staging buffer in cache, then copied out with
+  // streaming stores.
   float stage[RB * 1024];
   const int64_t rows_per = std::max<int64_t>(1, (RB * 1024) / std::max<int64_t>(C, 1));
   if (C > RB * 1024) {
