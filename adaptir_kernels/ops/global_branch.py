@@ -22,6 +22,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ..spectrum import rfft2_real
 from ._registry import BackendTable, zeros_if_none
 
 
@@ -35,7 +36,7 @@ def half_spectrum_weights(W: int, device, dtype) -> Tensor:
 
 
 def _spectrum(u: Tensor) -> Tensor:
-    return torch.view_as_real(torch.fft.rfft2(u, norm="ortho")).contiguous()
+    return rfft2_real(u).contiguous()
 
 
 def _inverse(G: Tensor, H: int, W: int) -> Tensor:

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..spectrum import rfft2_real
 from . import _common as cm
 from .spectral_gate import gate_backward_into, gate_forward
 
@@ -45,7 +46,7 @@ def _sign_kernel(gg_ptr, ggm_ptr, y_ptr, out_ptr, total, HW, BLOCK: tl.constexpr
 
 
 def _spectrum(u):
-    return torch.view_as_real(torch.fft.rfft2(u, norm="ortho"))
+    return rfft2_real(u)
 
 
 def _inverse(G, H, W):

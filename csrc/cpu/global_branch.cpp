@@ -326,8 +326,22 @@ struct WorkerGuards {
   at::NoGradGuard no_grad;
 };
 
+// rfft2 of (planes, H, W) with the imaginary parts of the exactly real bins (kh in
+// {0, H/2}, kw in {0, W/2}, halves for even sizes) set to +0: FFTs leave rounding-level
+// values of either sign there, which would make angle() +pi or -pi by chance
+// (adaptir_kernels/spectrum.py).
 at::Tensor spectrum(const at::Tensor& u) {
-  return at::fft_rfft2(u, std::nullopt, {-2, -1}, "ortho");
+  at::Tensor U = at::fft_rfft2(u, std::nullopt, {-2, -1}, "ortho").contiguous();
+  const int64_t planes = u.size(0), H = u.size(1), W = u.size(2), wf = W / 2 + 1;
+  const int64_t rows[2] = {0, H / 2}, cols[2] = {0, W / 2};
+  const int nr = (H % 2 == 0 && H > 1) ? 2 : 1, nc = (W % 2 == 0 && W > 1) ? 2 : 1;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "spectrum", [&] {
+    scalar_t* d = reinterpret_cast<scalar_t*>(U.data_ptr());
+    for (int64_t q = 0; q < planes; ++q)
+      for (int a = 0; a < nr; ++a)
+        for (int b = 0; b < nc; ++b) d[2 * (q * H * wf + rows[a] * wf + cols[b]) + 1] = scalar_t(0);
+  });
+  return U;
 }
 
 template <typename T>

@@ -1,0 +1,54 @@
+"""The adapter's 2-D spectrum of a real plane, with its exactly real bins made exact.
+
+For real u of size (H, W), the rfft2 bins (kh, kw) with kh in {0, H/2} and kw in {0, W/2}
+(the halves only for even sizes) equal their own conjugate partner, so they are real.
+FFT libraries compute them with rounding-level imaginary parts of either sign when a size
+has an odd factor (H = 48 = 16 * 3, for instance): where such a bin's real part is
+negative, angle() is then +pi or -pi by chance, and the phase gate's output on it differs
+by O(amplitude) between two implementations, layouts or thread counts. Every
+implementation here (reference, torch, C++, Triton) therefore sets those imaginary parts
+to +0 after the transform, so angle() there is 0 or +pi exactly. This changes no
+gradient: the imaginary parts of these bins are identically zero as functions of u.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from torch import Tensor
+
+_INDEX_CACHE: Dict[Tuple[int, int, str], Tensor] = {}
+
+
+def real_bins(H: int, W: int) -> Tuple[Tuple[int, int], ...]:
+    """The (kh, kw) bins of an (H, W) real plane's rfft2 that are exactly real."""
+    rows = (0, H // 2) if H % 2 == 0 and H > 1 else (0,)
+    cols = (0, W // 2) if W % 2 == 0 and W > 1 else (0,)
+    return tuple((r, c) for r in rows for c in cols)
+
+
+def _imag_index(H: int, W: int, device: torch.device) -> Tensor:
+    key = (H, W, str(device))
+    idx = _INDEX_CACHE.get(key)
+    if idx is None:
+        wf = W // 2 + 1
+        idx = torch.tensor([2 * (r * wf + c) + 1 for r, c in real_bins(H, W)], dtype=torch.long,
+                           device=device)
+        _INDEX_CACHE[key] = idx
+    return idx
+
+
+def rfft2(u: Tensor) -> Tensor:
+    """rfft2(u, norm="ortho") over the last two dimensions, complex (..., H, W//2+1), with
+    the imaginary parts of the exactly real bins set to +0. Differentiable."""
+    H, W = u.shape[-2:]
+    U = torch.fft.rfft2(u, norm="ortho")
+    flat = torch.view_as_real(U).view(*U.shape[:-2], -1)
+    flat.index_fill_(-1, _imag_index(H, W, U.device), 0.0)
+    return U
+
+
+def rfft2_real(u: Tensor) -> Tensor:
+    """rfft2 as a real (..., H, W//2+1, 2) tensor (view_as_real of `rfft2(u)`)."""
+    return torch.view_as_real(rfft2(u))
