@@ -796,6 +796,22 @@ def device_name(device) -> str:
     return name
 
 
+def source_revision() -> Optional[str]:
+    """The git commit of the package's checkout, with "+dirty" when it has uncommitted
+    changes to tracked files; None outside a git checkout or without git."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isdir(os.path.join(root, ".git")):
+        return None
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def environment(device) -> dict:
     device = torch.device(device)
     triton_version = None
@@ -816,6 +832,7 @@ def environment(device) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "revision": source_revision(),
     }
 
 
@@ -963,8 +980,9 @@ def format_markdown(results: dict) -> str:
     lines = [
         f"# adaptir bench ({results['mode']}): {env['device_name']}",
         "",
-        f"torch {env['torch']}, triton {env['triton']}, {env['threads']} threads, {env['date']}; "
-        f"command: `{results['command']}`",
+        f"torch {env['torch']}, triton {env['triton']}, {env['threads']} threads, {env['date']}"
+        + (f", source {env['revision']}" if env.get("revision") else "")
+        + f"; command: `{results['command']}`",
         "",
         f"Copy bandwidth {fl['copy_GBps']:.1f} GB/s (read + written), fp32 matmul {fl['matmul_GFLOPs']:.0f} GFLOP/s "
         f"({fl['matmul_n']}^3); the floor is SPEC 5.1's five C-wide passes at that bandwidth plus the "
