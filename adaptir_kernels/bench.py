@@ -797,15 +797,18 @@ def device_name(device) -> str:
 
 
 def source_revision() -> Optional[str]:
-    """The git commit of the package's checkout, with "+dirty" when it has uncommitted
-    changes to tracked files; None outside a git checkout or without git."""
+    """The git commit of the package's checkout, with "+dirty" when the sources that
+    decide the results (the package, csrc/, the build files) have uncommitted changes;
+    None outside a git checkout or without git. Result files written into the checkout
+    (benchmarks/results/) do not count."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not os.path.isdir(os.path.join(root, ".git")):
         return None
     try:
         head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--",
+                                "adaptir_kernels", "csrc", "setup.py", "CMakeLists.txt"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
