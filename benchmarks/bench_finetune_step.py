@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import json
 import os
 import statistics
@@ -39,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from adaptir_kernels.adapters import adapter_modules, fuse, inject, trainable_parameters  # noqa: E402
 from adaptir_kernels.backbones import EDT  # noqa: E402
+from adaptir_kernels.bench import source_revision  # noqa: E402
 
 VARIANTS = ("none", "eager", "fused")
 TINY = dict(embed_dim=56, depths=(2, 2), num_heads=(2, 2), num_feat=8)
@@ -160,6 +162,8 @@ def run(
         "warmup": warmup,
         "stat": stat,
         "torch": torch.__version__,
+        "revision": source_revision(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "times_s": {},
         "all_times_s": {},
         "trainable": {},
