@@ -54,6 +54,11 @@ def device_label(run: dict) -> str:
     return f"CPU {env['device_name']}, {env['threads']} threads"
 
 
+def revision_label(run: dict) -> str:
+    rev = run["environment"].get("revision")
+    return f"source {rev[:7]}{'+dirty' if rev.endswith('+dirty') else ''}" if rev else "source not recorded"
+
+
 def latest_per_device(runs: List[dict], key: str) -> Dict[str, dict]:
     """The best run per device that has `key`: full over quick, then the newest."""
     best: Dict[str, dict] = {}
@@ -105,7 +110,8 @@ def plot_times(runs: Dict[str, dict], path: str) -> None:
         ax.set_xticklabels([f"{sd['name']}\n{'fwd+bwd' if sd['train'] else 'infer'}, x {tuple(sd['x_shape'])}"
                             for sd in shapes], fontsize=8)
         ax.set_ylabel(f"ms ({run.get('timing', {}).get('statistic', 'median')} of the samples)")
-        ax.set_title(f"{label} -- adaptir bench --{run['mode']} ({run['environment']['date'][:10]})", fontsize=9)
+        ax.set_title(f"{label} -- adaptir bench --{run['mode']} ({run['environment']['date'][:10]}, "
+                     f"{revision_label(run)})", fontsize=9)
         ax.legend(fontsize=7, ncol=3)
         ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
