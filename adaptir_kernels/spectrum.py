@@ -13,12 +13,10 @@ gradient: the imaginary parts of these bins are identically zero as functions of
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
-
-_INDEX_CACHE: Dict[Tuple[int, int, str], Tensor] = {}
 
 
 def real_bins(H: int, W: int) -> Tuple[Tuple[int, int], ...]:
@@ -28,24 +26,17 @@ def real_bins(H: int, W: int) -> Tuple[Tuple[int, int], ...]:
     return tuple((r, c) for r in rows for c in cols)
 
 
-def _imag_index(H: int, W: int, device: torch.device) -> Tensor:
-    key = (H, W, str(device))
-    idx = _INDEX_CACHE.get(key)
-    if idx is None:
-        wf = W // 2 + 1
-        idx = torch.tensor([2 * (r * wf + c) + 1 for r, c in real_bins(H, W)], dtype=torch.long,
-                           device=device)
-        _INDEX_CACHE[key] = idx
-    return idx
-
-
 def rfft2(u: Tensor) -> Tensor:
     """rfft2(u, norm="ortho") over the last two dimensions, complex (..., H, W//2+1), with
     the imaginary parts of the exactly real bins set to +0. Differentiable."""
     H, W = u.shape[-2:]
     U = torch.fft.rfft2(u, norm="ortho")
-    flat = torch.view_as_real(U).view(*U.shape[:-2], -1)
-    flat.index_fill_(-1, _imag_index(H, W, U.device), 0.0)
+    wf = U.shape[-1]
+    # Rows {0, H/2} and columns {0, W/2} as one strided view: a single fill, no index
+    # tensor (so nothing is copied to the device, and CUDA-graph capture is unaffected).
+    row_step = H // 2 if H % 2 == 0 and H > 1 else H
+    col_step = W // 2 if W % 2 == 0 and W > 1 else wf
+    torch.view_as_real(U)[..., 0:H:row_step, 0:wf:col_step, 1].zero_()
     return U
 
 

@@ -35,7 +35,9 @@ def test_bench_tiny_table_and_json(tmp_path, monkeypatch, capsys):
     assert env["device"] == "cpu" and res["mode"] == "tiny"
     assert res["command"].startswith("adaptir bench --tiny")
     assert res["floor"]["copy_GBps"] > 0 and res["floor"]["matmul_GFLOPs"] > 0
-    assert [c["backend"] for c in res["check"]] == ["torch", "torch"] and all(c["passed"] for c in res["check"])
+    assert [c["backend"] for c in res["check"]] == ["torch"] * 3 and all(c["passed"] for c in res["check"])
+    assert [c["shape"] for c in res["check"]] == ["check-nhwc", "check-lnc", "check-fft"]
+    assert "revision" in env
     assert [s["name"] for s in res["shapes"]] == [s.name for s in bench.TINY_SHAPES]
 
     for sd in res["shapes"]:

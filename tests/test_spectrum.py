@@ -58,3 +58,16 @@ def test_gradient_is_that_of_the_plain_transform():
     # parts: rounding level.
     torch.testing.assert_close(g_snap, g_plain, rtol=0, atol=1e-12)
     assert torch.autograd.gradcheck(lambda t: torch.view_as_real(rfft2(t)), (u,))
+
+
+@pytest.mark.parametrize("H, W", [(1, 1), (2, 2), (1, 6), (5, 1), (2, 7), (3, 3), (18, 24), (9, 10)])
+def test_exactly_the_real_bins_are_touched(monkeypatch, H, W):
+    """Every imaginary part is nonzero in the stand-in transform; afterwards exactly the
+    bins of real_bins(H, W) must be zero, and nothing else changed."""
+    wf = W // 2 + 1
+    monkeypatch.setattr(torch.fft, "rfft2", lambda u, norm=None: torch.full(
+        (*u.shape[:-2], H, wf), 1 + 1j, dtype=torch.complex64))
+    U = rfft2(torch.zeros(2, H, W))
+    zero = set(map(tuple, (U.imag == 0)[0].nonzero().tolist()))
+    assert zero == set(real_bins(H, W))
+    assert torch.equal(U.real, torch.ones_like(U.real))
