@@ -1,11 +1,12 @@
-"""router: softmax pooling + proj MLP (cs) and the channel gate (cg). Every backend shares
-one plain-torch implementation (ops/router.py), so only "torch" is timed."""
+"""router: softmax pooling + proj MLP (cs) and the channel gate (cg). "torch" (the
+composite in ops/router.py, which the Triton backend shares) and "cpp" (its own kernels)
+are timed."""
 
 import pytest
 
 from adaptir_kernels.ops.router import router, router_backward
 
-OP_BACKENDS = ("torch",)
+OP_BACKENDS = ("torch", "cpp")
 
 
 def _params(p):

@@ -34,6 +34,16 @@ TORCH_LIBRARY(adaptir_cpp, m) {
   m.def("global_branch_backward(Tensor grad_g, Tensor grad_gmean, Tensor u, Tensor amp_w, "
         "Tensor amp_b, Tensor pha_w, Tensor pha_b) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
+  // SPEC 5 step 4: (u, gmean) -> (cs, cg), per-sample vectors.
+  m.def("router(Tensor u, Tensor compress_w, Tensor compress_b, Tensor proj0_w, Tensor proj0_b, "
+        "Tensor proj2_w, Tensor proj2_b, Tensor gmean, Tensor ci1_w, Tensor ci1_b, Tensor ci3_w, "
+        "Tensor ci3_b) -> (Tensor, Tensor)");
+  m.def("router_backward(Tensor grad_cs, Tensor grad_cg, Tensor u, Tensor compress_w, "
+        "Tensor compress_b, Tensor proj0_w, Tensor proj0_b, Tensor proj2_w, Tensor proj2_b, "
+        "Tensor gmean, Tensor ci1_w, Tensor ci1_b, Tensor ci3_w, Tensor ci3_b) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+        "Tensor, Tensor)");
+
   // SPEC 5 step 5: (l, g, sg, cg, cs, tail_w) -> out in the backbone layout.
   m.def("combine_out(Tensor l, Tensor g, Tensor sg, Tensor cg, Tensor cs, Tensor tail_w, "
         "str layout, ScalarType out_dtype) -> Tensor");

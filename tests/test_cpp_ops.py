@@ -22,6 +22,7 @@ from adaptir_kernels.ops import combine_out as co
 from adaptir_kernels.ops import global_branch as gb
 from adaptir_kernels.ops import local_branch as lb
 from adaptir_kernels.ops import project_in as pi
+from adaptir_kernels.ops import router as rt
 from helpers import assert_close_rel, make_input, make_pair, randomize, run_fwd_bwd
 
 pytestmark = pytest.mark.skipif(not cpp_available(), reason="C++ extension not built")
@@ -69,6 +70,11 @@ def combine_args(N=2, h=3, H=4, W=5, C=6, dtype=torch.float64, seed=0):
             _rand(N, h, seed=seed + 2, dtype=dtype), _rand(C, h, seed=seed + 3, std=0.3, dtype=dtype)]
 
 
+def router_args(N=3, h=5, H=4, W=6, p=3, q=2, dtype=torch.float64, seed=0):
+    shapes = [(N, h, H, W), (h,), (1,), (p, h), (p,), (h, p), (h,), (N, h), (q, h), (q,), (h, q), (h,)]
+    return [_rand(*s, seed=seed + i, std=0.7, dtype=dtype) for i, s in enumerate(shapes)]
+
+
 # ---- float64 gradcheck through the registered autograd of adaptir::<op> -------------
 
 
@@ -93,6 +99,15 @@ def test_gradcheck_local_branch():
 def test_gradcheck_global_branch():
     leaves = [t.clone().requires_grad_() for t in global_args()]
     assert torch.autograd.gradcheck(lambda *a: gb.global_branch(*a, "cpp"), leaves)
+
+
+def test_gradcheck_router():
+    leaves = [t.clone().requires_grad_() for t in router_args()]
+    assert torch.autograd.gradcheck(lambda *a: rt.router(*a, "cpp"), leaves)
+
+
+def test_router_cpp_is_its_own_kernel():
+    assert rt.TABLE.get("cpp")[0] is OPS.router and rt.TABLE.get("cpp")[1] is OPS.router_backward
 
 
 @pytest.mark.parametrize("layout", ["nhwc", "lnc"])
@@ -130,6 +145,13 @@ def test_opcheck_local_branch():
     torch.library.opcheck(OPS.local_branch.default, tuple(args))
     l, sg = OPS.local_branch(*args)
     torch.library.opcheck(OPS.local_branch_backward.default, (torch.randn_like(l), torch.randn_like(sg), *args))
+
+
+def test_opcheck_router():
+    args = _f32(router_args())
+    torch.library.opcheck(OPS.router.default, tuple(args))
+    cs, cg = OPS.router(*args)
+    torch.library.opcheck(OPS.router_backward.default, (torch.randn_like(cs), torch.randn_like(cg), *args))
 
 
 def test_opcheck_global_branch():
@@ -170,6 +192,9 @@ def _run_all_ops():
     gargs = _f32(global_args(N=3, h=12, H=20, W=18, seed=4))
     g, gm = OPS.global_branch(*gargs)
     outs += [g, gm, *OPS.global_branch_backward(torch.randn_like(g), torch.randn_like(gm), *gargs)]
+    rargs = _f32(router_args(N=5, h=12, H=20, W=18, p=6, q=3, seed=5))
+    cs, cg = OPS.router(*rargs)
+    outs += [cs, cg, *OPS.router_backward(torch.randn_like(cs), torch.randn_like(cg), *rargs)]
     return outs
 
 
@@ -235,6 +260,22 @@ def test_bad_inputs_global_branch():
         OPS.global_branch(u, p[0], p[1], p[2][:2], p[3])
     with pytest.raises(RuntimeError, match=r"grad_gmean must have shape \(N, h\)"):
         OPS.global_branch_backward(u, u, u, *p)
+
+
+def test_bad_inputs_router():
+    args = _f32(router_args())
+    with pytest.raises(RuntimeError, match=r"u must have shape \(N, h, H, W\)"):
+        OPS.router(args[0][0], *args[1:])
+    bad = list(args)
+    bad[5] = bad[5][:, :2]
+    with pytest.raises(RuntimeError, match=r"proj2_w must have shape \(5, 3\)"):
+        OPS.router(*bad)
+    bad = list(args)
+    bad[7] = bad[7].double()
+    with pytest.raises(RuntimeError, match="gmean has dtype Double but u has dtype Float"):
+        OPS.router(*bad)
+    with pytest.raises(RuntimeError, match=r"grad_cs must have shape \(3, 5\)"):
+        OPS.router_backward(args[7][:2], args[7], *args)
 
 
 def test_bad_inputs_combine_out():

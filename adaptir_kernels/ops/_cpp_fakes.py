@@ -50,6 +50,16 @@ def _global_branch_backward(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b):
     return tuple(u.new_empty(t.shape) for t in (u, amp_w, amp_b, pha_w, pha_b))
 
 
+def _router(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean, ci1_w, ci1_b, ci3_w, ci3_b):
+    return u.new_empty(u.shape[:2]), u.new_empty(u.shape[:2])
+
+
+def _router_backward(grad_cs, grad_cg, u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
+                     gmean, ci1_w, ci1_b, ci3_w, ci3_b):
+    like = (u, gmean, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, ci1_w, ci1_b, ci3_w, ci3_b)
+    return tuple(u.new_empty(t.shape) for t in like)
+
+
 def _combine_out(l, g, sg, cg, cs, tail_w, layout, out_dtype):
     torch._check(layout in ("nhwc", "lnc"), lambda: f"combine_out: layout must be 'nhwc' or 'lnc', got {layout!r}")
     N, h, H, W = l.shape
@@ -69,6 +79,8 @@ FAKES = {
     "local_branch_backward": _local_branch_backward,
     "global_branch": _global_branch,
     "global_branch_backward": _global_branch_backward,
+    "router": _router,
+    "router_backward": _router_backward,
     "combine_out": _combine_out,
     "combine_out_backward": _combine_out_backward,
 }

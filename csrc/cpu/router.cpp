@@ -1,0 +1,319 @@
+// CPU kernels of adaptir_cpp::router and its backward (SPEC 5 step 4).
+//
+// Per sample n (one work item each): scores s = compress_w . u[n] + compress_b over the
+// H*W positions, a = softmax(s), pooled = sum_p a_p u[n, :, p];
+// cs = proj2(gelu(proj0(pooled))), cg = sigmoid(ci3(gelu(ci1(gmean[n])))), GELU exact
+// (erf). The backward recomputes the sample's forward, writes grad_u[n] once
+// (grad_pooled a + compress_w grad_s, a rank-2 update per sample) and keeps per-sample
+// partials of the parameter gradients, summed in sample order afterwards, so results do
+// not depend on the thread count. Reductions over positions accumulate in double.
+#include "router.h"
+
+#include "common.h"
+
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace adaptir::cpu {
+namespace {
+
+constexpr const char* kFwd = "router";
+constexpr const char* kBwd = "router_backward";
+
+struct Dims {
+  int64_t N, h, P, p, q;
+};
+
+void check_matrix(const at::Tensor& t, int64_t rows, int64_t cols, const at::Tensor& u,
+                  const char* op, const char* name) {
+  check_like(t, u, op, name, "u");
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, op, ": ", name,
+              " must have shape (", rows, ", ", cols, "), got ", t.sizes());
+}
+
+void check_vector(const at::Tensor& t, int64_t len, const at::Tensor& u, const char* op,
+                  const char* name) {
+  check_like(t, u, op, name, "u");
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == len, op, ": ", name, " must have shape (", len,
+              "), got ", t.sizes());
+}
+
+Dims check_args(const char* op, const at::Tensor& u, const at::Tensor& cw, const at::Tensor& cb,
+                const at::Tensor& p0w, const at::Tensor& p0b, const at::Tensor& p2w,
+                const at::Tensor& p2b, const at::Tensor& gmean, const at::Tensor& c1w,
+                const at::Tensor& c1b, const at::Tensor& c3w, const at::Tensor& c3b) {
+  check_cpu(u, op, "u");
+  check_floating(u, op, "u");
+  TORCH_CHECK(u.dim() == 4, op, ": u must have shape (N, h, H, W), got ", u.sizes());
+  Dims d;
+  d.N = u.size(0);
+  d.h = u.size(1);
+  d.P = u.size(2) * u.size(3);
+  TORCH_CHECK(d.P >= 1, op, ": u must have at least one position, got ", u.sizes());
+  check_vector(cw, d.h, u, op, "compress_w");
+  check_vector(cb, 1, u, op, "compress_b");
+  TORCH_CHECK(p0w.dim() == 2, op, ": proj0_w must have shape (p, h), got ", p0w.sizes());
+  d.p = p0w.size(0);
+  check_matrix(p0w, d.p, d.h, u, op, "proj0_w");
+  check_vector(p0b, d.p, u, op, "proj0_b");
+  check_matrix(p2w, d.h, d.p, u, op, "proj2_w");
+  check_vector(p2b, d.h, u, op, "proj2_b");
+  check_matrix(gmean, d.N, d.h, u, op, "gmean");
+  TORCH_CHECK(c1w.dim() == 2, op, ": ci1_w must have shape (q, h), got ", c1w.sizes());
+  d.q = c1w.size(0);
+  check_matrix(c1w, d.q, d.h, u, op, "ci1_w");
+  check_vector(c1b, d.q, u, op, "ci1_b");
+  check_matrix(c3w, d.h, d.q, u, op, "ci3_w");
+  check_vector(c3b, d.h, u, op, "ci3_b");
+  return d;
+}
+
+template <typename T>
+T gelu(T x) {
+  return T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476)));
+}
+
+template <typename T>
+T gelu_grad(T x) {
+  const T inv_sqrt_2pi = T(0.3989422804014327);
+  return T(0.5) * (T(1) + std::erf(x * T(0.7071067811865476))) + x * std::exp(T(-0.5) * x * x) * inv_sqrt_2pi;
+}
+
+// y[i] = b[i] + sum_j w[i, j] x[j]; w: (rows, cols) row-major.
+template <typename T>
+void affine(const T* w, const T* b, const T* x, int64_t rows, int64_t cols, T* y) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T s = b[i];
+    for (int64_t j = 0; j < cols; ++j) s += w[i * cols + j] * x[j];
+    y[i] = s;
+  }
+}
+
+// y[j] = sum_i w[i, j] x[i]; w: (rows, cols).
+template <typename T>
+void affine_t(const T* w, const T* x, int64_t rows, int64_t cols, T* y) {
+  for (int64_t j = 0; j < cols; ++j) y[j] = T(0);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) y[j] += w[i * cols + j] * x[i];
+}
+
+template <typename T>
+struct Weights {
+  const T *cw, *p0w, *p0b, *p2w, *p2b, *c1w, *c1b, *c3w, *c3b;
+  T cb;
+};
+
+// One sample's attention and pooling: a (P), pooled (h). u_n: (h, P).
+template <typename T>
+void attend(const T* u_n, const Weights<T>& w, const Dims& d, T* a, T* pooled) {
+  const int64_t h = d.h, P = d.P;
+  for (int64_t i = 0; i < P; ++i) a[i] = w.cb;
+  for (int64_t c = 0; c < h; ++c) {
+    const T wc = w.cw[c];
+    const T* uc = u_n + c * P;
+    for (int64_t i = 0; i < P; ++i) a[i] += wc * uc[i];
+  }
+  T m = a[0];
+  for (int64_t i = 1; i < P; ++i) m = std::max(m, a[i]);
+  double z = 0.0;
+  for (int64_t i = 0; i < P; ++i) {
+    a[i] = std::exp(a[i] - m);
+    z += a[i];
+  }
+  const T inv = static_cast<T>(1.0 / z);
+  for (int64_t i = 0; i < P; ++i) a[i] *= inv;
+  for (int64_t c = 0; c < h; ++c) pooled[c] = static_cast<T>(dot_n(a, u_n + c * P, P));
+}
+
+template <typename T>
+Weights<T> weights(const at::Tensor& cw, const at::Tensor& cb, const at::Tensor& p0w,
+                   const at::Tensor& p0b, const at::Tensor& p2w, const at::Tensor& p2b,
+                   const at::Tensor& c1w, const at::Tensor& c1b, const at::Tensor& c3w,
+                   const at::Tensor& c3b) {
+  Weights<T> w;
+  w.cw = cw.const_data_ptr<T>();
+  w.cb = cb.const_data_ptr<T>()[0];
+  w.p0w = p0w.const_data_ptr<T>();
+  w.p0b = p0b.const_data_ptr<T>();
+  w.p2w = p2w.const_data_ptr<T>();
+  w.p2b = p2b.const_data_ptr<T>();
+  w.c1w = c1w.const_data_ptr<T>();
+  w.c1b = c1b.const_data_ptr<T>();
+  w.c3w = c3w.const_data_ptr<T>();
+  w.c3b = c3b.const_data_ptr<T>();
+  return w;
+}
+
+template <typename T>
+T sigmoid(T v) {
+  return T(1) / (T(1) + std::exp(-v));
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> router(const at::Tensor& u, const at::Tensor& compress_w,
+                                          const at::Tensor& compress_b, const at::Tensor& proj0_w,
+                                          const at::Tensor& proj0_b, const at::Tensor& proj2_w,
+                                          const at::Tensor& proj2_b, const at::Tensor& gmean,
+                                          const at::Tensor& ci1_w, const at::Tensor& ci1_b,
+                                          const at::Tensor& ci3_w, const at::Tensor& ci3_b) {
+  const Dims d = check_args(kFwd, u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
+                            gmean, ci1_w, ci1_b, ci3_w, ci3_b);
+  const auto opts = u.options();
+  at::Tensor cs = new_output({d.N, d.h}, opts), cg = new_output({d.N, d.h}, opts);
+  const at::Tensor uc = u.contiguous(), gm = gmean.contiguous();
+  const at::Tensor t[10] = {compress_w.contiguous(), compress_b.contiguous(), proj0_w.contiguous(),
+                            proj0_b.contiguous(),    proj2_w.contiguous(),    proj2_b.contiguous(),
+                            ci1_w.contiguous(),      ci1_b.contiguous(),      ci3_w.contiguous(),
+                            ci3_b.contiguous()};
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), kFwd, [&] {
+    using T = scalar_t;
+    const Weights<T> w = weights<T>(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9]);
+    const T* up = uc.const_data_ptr<T>();
+    const T* gmp = gm.const_data_ptr<T>();
+    T* csp = cs.data_ptr<T>();
+    T* cgp = cg.data_ptr<T>();
+    parallel_items(d.N, [&](ItemQueue& queue) {
+      std::vector<T> a(d.P), pooled(d.h), hid(std::max(d.p, d.q)), o(d.h);
+      for (int64_t n; queue.pop(n);) {
+        attend(up + n * d.h * d.P, w, d, a.data(), pooled.data());
+        affine(w.p0w, w.p0b, pooled.data(), d.p, d.h, hid.data());
+        for (int64_t i = 0; i < d.p; ++i) hid[i] = gelu(hid[i]);
+        affine(w.p2w, w.p2b, hid.data(), d.h, d.p, csp + n * d.h);
+        affine(w.c1w, w.c1b, gmp + n * d.h, d.q, d.h, hid.data());
+        for (int64_t i = 0; i < d.q; ++i) hid[i] = gelu(hid[i]);
+        affine(w.c3w, w.c3b, hid.data(), d.h, d.q, o.data());
+        for (int64_t c = 0; c < d.h; ++c) cgp[n * d.h + c] = sigmoid(o[c]);
+      }
+    });
+  });
+  return {cs, cg};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+router_backward(const at::Tensor& grad_cs, const at::Tensor& grad_cg, const at::Tensor& u,
+                const at::Tensor& compress_w, const at::Tensor& compress_b,
+                const at::Tensor& proj0_w, const at::Tensor& proj0_b, const at::Tensor& proj2_w,
+                const at::Tensor& proj2_b, const at::Tensor& gmean, const at::Tensor& ci1_w,
+                const at::Tensor& ci1_b, const at::Tensor& ci3_w, const at::Tensor& ci3_b) {
+  const Dims d = check_args(kBwd, u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
+                            gmean, ci1_w, ci1_b, ci3_w, ci3_b);
+  check_matrix(grad_cs, d.N, d.h, u, kBwd, "grad_cs");
+  check_matrix(grad_cg, d.N, d.h, u, kBwd, "grad_cg");
+  const auto opts = u.options();
+  at::Tensor g_u = new_output(u.sizes(), opts.memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor g_gm = new_output({d.N, d.h}, opts);
+  at::Tensor g_cw = new_output({d.h}, opts), g_cb = new_output({1}, opts);
+  at::Tensor g_p0w = new_output({d.p, d.h}, opts), g_p0b = new_output({d.p}, opts);
+  at::Tensor g_p2w = new_output({d.h, d.p}, opts), g_p2b = new_output({d.h}, opts);
+  at::Tensor g_c1w = new_output({d.q, d.h}, opts), g_c1b = new_output({d.q}, opts);
+  at::Tensor g_c3w = new_output({d.h, d.q}, opts), g_c3b = new_output({d.h}, opts);
+  const at::Tensor uc = u.contiguous(), gm = gmean.contiguous();
+  const at::Tensor gcs = grad_cs.contiguous(), gcg = grad_cg.contiguous();
+  const at::Tensor t[10] = {compress_w.contiguous(), compress_b.contiguous(), proj0_w.contiguous(),
+                            proj0_b.contiguous(),    proj2_w.contiguous(),    proj2_b.contiguous(),
+                            ci1_w.contiguous(),      ci1_b.contiguous(),      ci3_w.contiguous(),
+                            ci3_b.contiguous()};
+  // Per-sample partials, laid out one after another in this order:
+  const int64_t h = d.h, p = d.p, q = d.q;
+  const int64_t o_cw = 0, o_cb = o_cw + h, o_p0w = o_cb + 1, o_p0b = o_p0w + p * h,
+                o_p2w = o_p0b + p, o_p2b = o_p2w + h * p, o_c1w = o_p2b + h, o_c1b = o_c1w + q * h,
+                o_c3w = o_c1b + q, o_c3b = o_c3w + h * q, width = o_c3b + h;
+  std::vector<double> part(static_cast<size_t>(d.N * width), 0.0);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), kBwd, [&] {
+    using T = scalar_t;
+    const Weights<T> w = weights<T>(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9]);
+    const T* up = uc.const_data_ptr<T>();
+    const T* gmp = gm.const_data_ptr<T>();
+    const T* gcsp = gcs.const_data_ptr<T>();
+    const T* gcgp = gcg.const_data_ptr<T>();
+    T* gup = g_u.data_ptr<T>();
+    T* ggmp = g_gm.data_ptr<T>();
+    parallel_items(d.N, [&](ItemQueue& queue) {
+      std::vector<T> a(d.P), gs(d.P), pooled(h), hid(std::max(p, q)), act(std::max(p, q)),
+          ghid(std::max(p, q)), gpool(h), o(h), go(h);
+      for (int64_t n; queue.pop(n);) {
+        double* pt = part.data() + n * width;
+        const T* u_n = up + n * h * d.P;
+        const T* gc = gcsp + n * h;
+        attend(u_n, w, d, a.data(), pooled.data());
+        // cs = proj2(gelu(proj0(pooled)))
+        affine(w.p0w, w.p0b, pooled.data(), p, h, hid.data());
+        for (int64_t i = 0; i < p; ++i) act[i] = gelu(hid[i]);
+        for (int64_t c = 0; c < h; ++c) {
+          pt[o_p2b + c] = gc[c];
+          for (int64_t i = 0; i < p; ++i) pt[o_p2w + c * p + i] = static_cast<double>(gc[c]) * act[i];
+        }
+        affine_t(w.p2w, gc, h, p, ghid.data());
+        for (int64_t i = 0; i < p; ++i) {
+          ghid[i] *= gelu_grad(hid[i]);
+          pt[o_p0b + i] = ghid[i];
+          for (int64_t c = 0; c < h; ++c) pt[o_p0w + i * h + c] = static_cast<double>(ghid[i]) * pooled[c];
+        }
+        affine_t(w.p0w, ghid.data(), p, h, gpool.data());
+        // pooled = sum_p a_p u_p, a = softmax(s): grad_a = gpool . u, grad_s = a (grad_a - a . grad_a)
+        for (int64_t i = 0; i < d.P; ++i) gs[i] = T(0);
+        for (int64_t c = 0; c < h; ++c) {
+          const T g = gpool[c];
+          const T* uc_ = u_n + c * d.P;
+          for (int64_t i = 0; i < d.P; ++i) gs[i] += g * uc_[i];
+        }
+        const T ag = static_cast<T>(dot_n(a.data(), gs.data(), d.P));
+        for (int64_t i = 0; i < d.P; ++i) gs[i] = a[i] * (gs[i] - ag);
+        pt[o_cb] = sum_n(gs.data(), d.P);
+        for (int64_t c = 0; c < h; ++c) {
+          const T* uc_ = u_n + c * d.P;
+          pt[o_cw + c] = dot_n(gs.data(), uc_, d.P);
+          const T g = gpool[c], wc = w.cw[c];
+          T* out = gup + (n * h + c) * d.P;
+          for (int64_t i = 0; i < d.P; ++i) out[i] = g * a[i] + wc * gs[i];
+        }
+        // cg = sigmoid(ci3(gelu(ci1(gmean))))
+        const T* gm_n = gmp + n * h;
+        affine(w.c1w, w.c1b, gm_n, q, h, hid.data());
+        for (int64_t i = 0; i < q; ++i) act[i] = gelu(hid[i]);
+        affine(w.c3w, w.c3b, act.data(), h, q, o.data());
+        for (int64_t c = 0; c < h; ++c) {
+          const T s = sigmoid(o[c]);
+          go[c] = gcgp[n * h + c] * s * (T(1) - s);
+          pt[o_c3b + c] = go[c];
+          for (int64_t i = 0; i < q; ++i) pt[o_c3w + c * q + i] = static_cast<double>(go[c]) * act[i];
+        }
+        affine_t(w.c3w, go.data(), h, q, ghid.data());
+        for (int64_t i = 0; i < q; ++i) {
+          ghid[i] *= gelu_grad(hid[i]);
+          pt[o_c1b + i] = ghid[i];
+          for (int64_t c = 0; c < h; ++c) pt[o_c1w + i * h + c] = static_cast<double>(ghid[i]) * gm_n[c];
+        }
+        affine_t(w.c1w, ghid.data(), q, h, ggmp + n * h);
+      }
+    });
+    // Parameter gradients: per-sample partials summed in sample order.
+    const std::vector<double> sums = sum_partials(part.data(), d.N, width);
+    auto store = [&](at::Tensor& dst, int64_t off) {
+      T* o_ = dst.data_ptr<T>();
+      for (int64_t e = 0; e < dst.numel(); ++e) o_[e] = static_cast<T>(sums[off + e]);
+    };
+    store(g_cw, o_cw);
+    store(g_cb, o_cb);
+    store(g_p0w, o_p0w);
+    store(g_p0b, o_p0b);
+    store(g_p2w, o_p2w);
+    store(g_p2b, o_p2b);
+    store(g_c1w, o_c1w);
+    store(g_c1b, o_c1b);
+    store(g_c3w, o_c3w);
+    store(g_c3b, o_c3b);
+  });
+  return {g_u, g_gm, g_cw, g_cb, g_p0w, g_p0b, g_p2w, g_p2b, g_c1w, g_c1b, g_c3w, g_c3b};
+}
+
+TORCH_LIBRARY_IMPL(adaptir_cpp, CPU, m) {
+  m.impl("router", &router);
+  m.impl("router_backward", &router_backward);
+}
+
+}  // namespace adaptir::cpu
