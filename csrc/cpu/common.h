@@ -64,6 +64,13 @@ inline void check_channel_param(const at::Tensor& t, int64_t len, const at::Tens
               t.sizes());
 }
 
+// ---- elementwise ------------------------------------------------------------
+
+template <typename T>
+inline T sigmoid(T v) {
+  return T(1) / (T(1) + std::exp(-v));
+}
+
 // ---- accumulation -----------------------------------------------------------
 
 // Reductions accumulate in double whatever the storage type.

@@ -47,11 +47,6 @@ inline void row_taps(T* __restrict out, const T* __restrict r, T k0, T k1, T k2,
   out[W - 1] += k0 * r[W - 2] + k1 * r[W - 1];
 }
 
-template <typename T>
-inline T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
-}
-
 void check_args(const char* op, const at::Tensor& u, const at::Tensor& A, const at::Tensor& B,
                 const at::Tensor& cb, const at::Tensor& siw, const at::Tensor& sib) {
   check_cpu(u, op, "u");

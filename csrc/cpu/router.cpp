@@ -146,11 +146,6 @@ Weights<T> weights(const at::Tensor& cw, const at::Tensor& cb, const at::Tensor&
   return w;
 }
 
-template <typename T>
-T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> router(const at::Tensor& u, const at::Tensor& compress_w,

@@ -91,6 +91,17 @@ static void rows_dot_impl(const float* x, int64_t R, int64_t C, const float* wt,
 
 // ---- y = g @ w: g (rows, ldg) with h used columns, w (h, C), y (rows, C) ----------
 
+// acc[i] = y[i, C-8 .. C) for RB rows: the last 8 columns as one full vector (C >= 8).
+template <int RB>
+SG_AI void expand_last8(const float* g, int64_t ldg, int64_t h, const float* w, int64_t C,
+                        vf* acc) {
+  for (int i = 0; i < RB; ++i) acc[i] = bc(0.0f);
+  for (int64_t j = 0; j < h; ++j) {
+    const vf wv = ld(w + j * C + (C - 8));
+    for (int i = 0; i < RB; ++i) acc[i] += bc(g[i * ldg + j]) * wv;
+  }
+}
+
 template <int CV, int RB, bool NT = false>
 SG_AI void expand_tile(const float* g, int64_t ldg, int64_t h, const float* w, int64_t C,
                        float* y) {
@@ -125,13 +136,8 @@ SG_AI void expand_rows_nt(const float* g, int64_t ldg, int64_t h, const float* w
   for (; c + 8 * CV <= C; c += 8 * CV) expand_tile<CV, RB, true>(g, ldg, h, w + c, C, y + c);
   for (; c + 8 <= C; c += 8) expand_tile<1, RB, true>(g, ldg, h, w + c, C, y + c);
   if (c < C) {  // C - c == 4: the upper half of the vector ending at C
-    const int64_t c8 = C - 8;
     vf acc[RB];
-    for (int i = 0; i < RB; ++i) acc[i] = bc(0.0f);
-    for (int64_t j = 0; j < h; ++j) {
-      const vf wv = ld(w + j * C + c8);
-      for (int i = 0; i < RB; ++i) acc[i] += bc(g[i * ldg + j]) * wv;
-    }
+    expand_last8<RB>(g, ldg, h, w, C, acc);
     for (int i = 0; i < RB; ++i) st_nt_hi(y + i * C + c, acc[i]);
   }
 }
@@ -148,13 +154,8 @@ SG_AI void expand_rows(const float* g, int64_t ldg, int64_t h, const float* w, i
     if (C >= 8) {
       // The last 8 columns as one full vector ending at C: every load stays in bounds, and
       // only the rem new columns are stored.
-      const int64_t c8 = C - 8;
       vf acc[RB];
-      for (int i = 0; i < RB; ++i) acc[i] = bc(0.0f);
-      for (int64_t j = 0; j < h; ++j) {
-        const vf wv = ld(w + j * C + c8);
-        for (int i = 0; i < RB; ++i) acc[i] += bc(g[i * ldg + j]) * wv;
-      }
+      expand_last8<RB>(g, ldg, h, w, C, acc);
       for (int i = 0; i < RB; ++i) {
         float tmp[8];
         st(tmp, acc[i]);
