@@ -31,7 +31,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -88,8 +88,8 @@ def _make_step(model, x, target):
     return step
 
 
-def _time_round_robin(steps: Dict[str, callable], warmup: int, repeats: int,
-                      device: torch.device) -> Dict[str, List[float]]:
+def _time_round_robin(steps: Dict[str, Callable[[], None]], warmup: int, repeats: int,
+                      device: torch.device) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
     """Warm every step up, then time them in turn, `repeats` rounds; a step that raises is
     dropped from the rounds with its error (a backend missing on this machine)."""
     times: Dict[str, List[float]] = {v: [] for v in steps}

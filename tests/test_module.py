@@ -1,6 +1,5 @@
 """The fused module against the reference: every backend, both layouts, train and eval."""
 
-import os
 
 import pytest
 import torch
@@ -17,6 +16,20 @@ def fused(backend):
     return lambda *a, **k: AdaptIR(*a, backend=backend, **k)
 
 
+def _assert_parity(ref, mod, x, hw):
+    """mod (on DEVICE, outputs NaN-poisoned) against ref on the CPU: output, every
+    gradient and the BN buffers."""
+    out_r, g_r = run_fwd_bwd(ref, x, hw)
+    with _alloc.poisoned():
+        out_m, g_m = run_fwd_bwd(mod, x.to(DEVICE), hw)
+    assert_close_rel(out_m, out_r, 1e-5, "output")
+    floor = 1e-2 * g_r["x"].norm().item()
+    for name in g_r:
+        assert_close_rel(g_m[name], g_r[name], 1e-4, f"grad {name}", floor=floor)
+    for (name, b_r), (_, b_m) in zip(ref.named_buffers(), mod.named_buffers()):
+        assert_close_rel(b_m.double(), b_r.double(), 1e-6, f"buffer {name}")
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("layout", ["nhwc", "lnc"])
@@ -27,16 +40,7 @@ def test_module_parity(backend, training, layout, shape):
     ref.train(training)
     mod.to(DEVICE).train(training)
     x = make_input(layout, N, H, W, 56, seed=N * 100 + H * 10 + W)
-    hw = (H, W) if layout == "lnc" else None
-    out_r, g_r = run_fwd_bwd(ref, x, hw)
-    with _alloc.poisoned():
-        out_m, g_m = run_fwd_bwd(mod, x.to(DEVICE), hw)
-    assert_close_rel(out_m, out_r, 1e-5, "output")
-    floor = 1e-2 * g_r["x"].norm().item()
-    for name in g_r:
-        assert_close_rel(g_m[name], g_r[name], 1e-4, f"grad {name}", floor=floor)
-    for (name, b_r), (_, b_m) in zip(ref.named_buffers(), mod.named_buffers()):
-        assert_close_rel(b_m.double(), b_r.double(), 1e-6, f"buffer {name}")
+    _assert_parity(ref, mod, x, (H, W) if layout == "lnc" else None)
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -51,14 +55,7 @@ def test_parity_where_fft_rounding_would_pick_the_phase(backend, layout, shape):
     ref, mod = make_pair(fused(backend), d_model=168, layout=layout, seed=7)
     mod.to(DEVICE)
     x = make_input(layout, N, H, W, 168, seed=11)
-    hw = (H, W) if layout == "lnc" else None
-    out_r, g_r = run_fwd_bwd(ref, x, hw)
-    with _alloc.poisoned():
-        out_m, g_m = run_fwd_bwd(mod, x.to(DEVICE), hw)
-    assert_close_rel(out_m, out_r, 1e-5, "output")
-    floor = 1e-2 * g_r["x"].norm().item()
-    for name in g_r:
-        assert_close_rel(g_m[name], g_r[name], 1e-4, f"grad {name}", floor=floor)
+    _assert_parity(ref, mod, x, (H, W) if layout == "lnc" else None)
 
 
 @pytest.mark.parametrize("backend", backend_params())
