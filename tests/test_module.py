@@ -1,6 +1,5 @@
 """The fused module against the reference: every backend, both layouts, train and eval."""
 
-
 import pytest
 import torch
 
