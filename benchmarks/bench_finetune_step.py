@@ -1,5 +1,6 @@
 """One AdaptIR fine-tuning step of EDT-B, end to end: forward, L1 loss, backward and an
-AdamW step on the trainable tensors, on a batch of 48x48 low-quality patches.
+AdamW step on the trainable tensors (built as `adaptir train` builds it), on a batch of
+48x48 low-quality patches.
 
 Variants, measured in the same process on the same backbone weights:
     none   no adapters. The body's entry LayerNorm (body.patch_embed.norm, 360 values)
@@ -13,6 +14,17 @@ function with mostly vanishing gradients). The variants' steps are interleaved
 round-robin, so slow drifts of the machine reach every variant alike. Reported: the
 minimum (CPU: foreign load only ever adds time) or median (CUDA) step time per variant,
 and the adapters' overhead over `none`.
+
+On the CPU the adapters are also clocked inside the step (`AdapterClock`): a forward
+pre-hook and hook around every adapter call, and two identity autograd nodes, one on
+the adapter's input and one on its output, whose backward marks when the gradient
+reaches the adapter and when it has passed through (with hooks on the parameters'
+gradient accumulation for an adapter whose input needs no gradient; the autograd engine runs an
+adapter's backward nodes one after another: they were created together, after the
+block's FFN). The sum over the 36 adapters, forward and backward, plus the optimizer
+step, is the adapters' own time in the step. It does not depend on the difference of
+two whole-step times, whose noise on a shared machine can exceed the whole adapter
+cost. On CUDA the host clock would only see the launches, so it is not used there.
 
     python benchmarks/bench_finetune_step.py                     # CPU (+ CUDA when present)
     python benchmarks/bench_finetune_step.py --device cuda --batch-size 16 --repeats 10
@@ -41,6 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from adaptir_kernels.adapters import adapter_modules, fuse, inject, trainable_parameters  # noqa: E402
 from adaptir_kernels.backbones import EDT  # noqa: E402
 from adaptir_kernels.bench import source_revision  # noqa: E402
+from adaptir_kernels.train import make_optimizer  # noqa: E402
 
 VARIANTS = ("none", "eager", "fused")
 TINY = dict(embed_dim=56, depths=(2, 2), num_heads=(2, 2), num_feat=8)
@@ -74,24 +87,113 @@ def _build_variant(base: EDT, variant: str, backend: str, seed: int) -> EDT:
     return model
 
 
-def _make_step(model, x, target):
+class _Mark(torch.autograd.Function):
+    """Identity whose backward calls `at_backward()` when the gradient passes."""
+
+    @staticmethod
+    def forward(ctx, x, at_backward):
+        ctx.at_backward = at_backward
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.at_backward()
+        return grad, None
+
+
+class AdapterClock:
+    """Host-clock time spent inside every adapter of a model, forward and backward, per
+    step (CPU only: on an asynchronous device the host sees the launches, not the work).
+
+    `start_step()` clears the step's sums; after the step, `fwd` and `bwd` hold them in
+    seconds and `calls` the number of adapter calls forward and backward."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.fwd = self.bwd = 0.0
+        self.calls = [0, 0]
+        self.handles = []
+        for m in adapter_modules(model).values():
+            self._attach(m)
+
+    def _attach(self, m: torch.nn.Module) -> None:
+        # The backward ends when the last of the adapter's parameter gradients has been
+        # accumulated and, if its input needs a gradient, that gradient has passed the
+        # input mark: `pending` counts these events down.
+        params = [p for p in m.parameters() if p.requires_grad]
+        state = {"pending": 0}
+
+        def grad_in():  # backward reached the adapter's output
+            state["b0"] = time.perf_counter()
+
+        def one_done(*_):
+            state["pending"] -= 1
+            if state["pending"] == 0 and "b0" in state:
+                self.bwd += time.perf_counter() - state.pop("b0")
+                self.calls[1] += 1
+
+        def pre(_module, args, kwargs):
+            x = args[0]
+            state["pending"] = len(params)
+            if torch.is_grad_enabled() and x.requires_grad:
+                args = (_Mark.apply(x, one_done),) + tuple(args[1:])
+                state["pending"] += 1
+            state["f0"] = time.perf_counter()
+            return args, kwargs
+
+        def post(_module, _args, _kwargs, out):
+            self.fwd += time.perf_counter() - state.pop("f0")
+            self.calls[0] += 1
+            if torch.is_grad_enabled() and out.requires_grad:
+                return _Mark.apply(out, grad_in)
+            return out
+
+        self.handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+        self.handles.append(m.register_forward_hook(post, with_kwargs=True))
+        for p in params:
+            self.handles.append(p.register_post_accumulate_grad_hook(one_done))
+
+    def start_step(self) -> None:
+        self.fwd = self.bwd = 0.0
+        self.calls = [0, 0]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def _make_step(model, x, target, clock: Optional[AdapterClock] = None, parts: Optional[Dict] = None):
+    """One training step; with `clock`, `parts` receives the step's adapter forward and
+    backward time and the optimizer step's time (seconds)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = make_optimizer(params, lr=1e-4, weight_decay=0.01)  # as `adaptir train` builds it
     model.train()
 
     def step():
+        if clock is not None:
+            clock.start_step()
         opt.zero_grad(set_to_none=True)
         loss = F.l1_loss(model(x), target)
         loss.backward()
+        t0 = time.perf_counter()
         opt.step()
+        if parts is not None:
+            parts["opt"] = time.perf_counter() - t0
+            if clock is not None:
+                parts["adapter_fwd"], parts["adapter_bwd"] = clock.fwd, clock.bwd
+                parts["adapter_calls"] = list(clock.calls)
 
     return step
 
 
 def _time_round_robin(steps: Dict[str, Callable[[], None]], warmup: int, repeats: int,
-                      device: torch.device) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
+                      device: torch.device, parts: Optional[Dict[str, Dict]] = None,
+                      part_samples: Optional[Dict[str, Dict[str, List[float]]]] = None,
+                      ) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
     """Warm every step up, then time them in turn, `repeats` rounds; a step that raises is
-    dropped from the rounds with its error (a backend missing on this machine)."""
+    dropped from the rounds with its error (a backend missing on this machine). With
+    `parts` (variant -> the dict its step fills), each timed round's parts are appended
+    to `part_samples[variant][part]`."""
     times: Dict[str, List[float]] = {v: [] for v in steps}
     errors: Dict[str, str] = {}
     for rnd in range(warmup + repeats):
@@ -108,6 +210,10 @@ def _time_round_robin(steps: Dict[str, Callable[[], None]], warmup: int, repeats
                 continue
             if rnd >= warmup:
                 times[v].append(time.perf_counter() - t0)
+                if parts is not None and part_samples is not None and v in parts:
+                    for k, val in parts[v].items():
+                        if isinstance(val, float):
+                            part_samples.setdefault(v, {}).setdefault(k, []).append(val)
     return times, errors
 
 
@@ -125,9 +231,12 @@ def run(
     threads: Optional[int] = None,
     verbose: bool = False,
     stat: Optional[str] = None,
+    adapter_clock: Optional[bool] = None,
 ) -> Dict:
     """Time one fine-tuning step per variant; returns a dict with per-variant step times
-    (seconds), the adapters' overhead over `none` and the fused speed-up over eager."""
+    (seconds), the adapters' overhead over `none` and the fused speed-up over eager.
+    adapter_clock (default: on for the CPU): also clock the adapters inside the step
+    (`AdapterClock`) and the optimizer step, and report the adapters' own time."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("CUDA was asked for but is not available")
@@ -137,6 +246,10 @@ def run(
         batch_size = 16 if dev.type == "cuda" else 1
     if stat is None:
         stat = "median" if dev.type == "cuda" else "min"
+    if adapter_clock is None:
+        adapter_clock = dev.type == "cpu"
+    if adapter_clock and dev.type != "cpu":
+        raise ValueError("adapter_clock needs the CPU: on an asynchronous device the host clock sees only launches")
     if stat not in ("min", "median"):
         raise ValueError(f"stat must be 'min' or 'median', got {stat!r}")
     unknown = {v for v in variants if v not in VARIANTS and not v.startswith("fused:")}
@@ -177,6 +290,7 @@ def run(
         result["fused_backend"] = f"unavailable: {err}"
 
     steps = {}
+    parts: Dict[str, Dict] = {}
     for v in variants:
         try:
             model = _build_variant(base, v, backend, seed)
@@ -184,7 +298,11 @@ def run(
             result["skipped"][v] = str(err)
             continue
         result["trainable"][v] = int(trainable_parameters(model))
-        steps[v] = _make_step(model, x, target)
+        if adapter_clock:
+            parts[v] = {}
+            steps[v] = _make_step(model, x, target, AdapterClock(model) if v != "none" else None, parts[v])
+        else:
+            steps[v] = _make_step(model, x, target)
     if dev.type == "cuda":
         # Peak memory per variant: one step each on a clean slate.
         for v, step in steps.items():
@@ -196,7 +314,8 @@ def run(
                 continue
             _sync(dev)
             result.setdefault("peak_memory_mb", {})[v] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
-    times, errors = _time_round_robin(steps, warmup, repeats, dev)
+    part_samples: Dict[str, Dict[str, List[float]]] = {}
+    times, errors = _time_round_robin(steps, warmup, repeats, dev, parts if adapter_clock else None, part_samples)
     pick = min if stat == "min" else statistics.median
     for v in steps:
         if v in errors:
@@ -211,6 +330,14 @@ def run(
             print(f"  {v:6s} {stat} {result['times_s'][v] * 1e3:9.1f} ms  ({', '.join(f'{t * 1e3:.1f}' for t in times[v])})",
                   flush=True)
 
+    if adapter_clock:
+        result["adapter_calls"] = {v: p["adapter_calls"] for v, p in parts.items() if "adapter_calls" in p}
+        for v, calls in result["adapter_calls"].items():
+            if calls[0] != calls[1] and v not in result["skipped"]:
+                raise RuntimeError(f"{v}: the adapter clock saw {calls[0]} adapter calls forward but "
+                                   f"{calls[1]} backward")
+        _adapter_times(result, part_samples, pick)
+
     t = result["times_s"]
     if "none" in t:
         result["overhead"] = {v: t[v] / t["none"] - 1.0 for v in t if v != "none"}
@@ -219,6 +346,32 @@ def run(
         if "none" in t and t["eager"] > t["none"]:
             result["adapter_time_ratio_fused_over_eager"] = (t["fused"] - t["none"]) / (t["eager"] - t["none"])
     return result
+
+
+def _adapter_times(result: Dict, part_samples: Dict[str, Dict[str, List[float]]], pick) -> None:
+    """Per variant, from the in-step clocks: the statistic of each part over the rounds, and
+    of the adapters' own time per round (forward + backward + optimizer step); then the
+    adapters' overhead (that time less the optimizer step of `none`) and its fused/eager
+    ratio."""
+    own: Dict[str, float] = {}
+    result["step_parts_s"] = {}
+    for v, ps in part_samples.items():
+        if v in result["skipped"]:
+            continue
+        result["step_parts_s"][v] = {k: pick(vals) for k, vals in ps.items()}
+        n = len(ps["opt"])
+        per_round = [ps.get("adapter_fwd", [0.0] * n)[i] + ps.get("adapter_bwd", [0.0] * n)[i] + ps["opt"][i]
+                     for i in range(n)]
+        own[v] = pick(per_round)
+    if not own:
+        return
+    result["adapter_own_s"] = own
+    if "none" in own:
+        base = own["none"]
+        direct = {v: own[v] - base for v in own if v != "none"}
+        result["adapter_overhead_direct_s"] = direct
+        if direct.get("eager", 0.0) > 0 and "fused" in direct:
+            result["adapter_overhead_ratio_fused_over_eager"] = direct["fused"] / direct["eager"]
 
 
 def _format(res: Dict) -> str:
@@ -239,6 +392,18 @@ def _format(res: Dict) -> str:
         lines.append(f"  fused step is {res['fused_speedup_over_eager']:.2f}x faster than eager")
     if "adapter_time_ratio_fused_over_eager" in res:
         lines.append(f"  adapter time (step - none): fused / eager = {res['adapter_time_ratio_fused_over_eager']:.2f}")
+    for v, ps in res.get("step_parts_s", {}).items():
+        if "adapter_fwd" in ps:
+            lines.append(f"  {v:6s} adapters inside the step: forward {ps['adapter_fwd'] * 1e3:.1f} ms, backward "
+                         f"{ps['adapter_bwd'] * 1e3:.1f} ms ({res['adapter_calls'][v]} calls forward/backward); "
+                         f"optimizer step {ps['opt'] * 1e3:.1f} ms")
+        else:
+            lines.append(f"  {v:6s} optimizer step {ps['opt'] * 1e3:.1f} ms")
+    for v, d in res.get("adapter_overhead_direct_s", {}).items():
+        lines.append(f"  {v:6s} adapter overhead clocked inside the step: {d * 1e3:.1f} ms")
+    if "adapter_overhead_ratio_fused_over_eager" in res:
+        lines.append(f"  adapter overhead clocked inside the step: fused / eager = "
+                     f"{res['adapter_overhead_ratio_fused_over_eager']:.2f}")
     return "\n".join(lines)
 
 
@@ -258,6 +423,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stat", choices=("min", "median"), default=None,
                     help="statistic of the timed rounds (default: min on the CPU, median on CUDA)")
+    ap.add_argument("--no-adapter-clock", action="store_true",
+                    help="do not clock the adapters inside the step (on by default on the CPU)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args(argv)
 
@@ -268,7 +435,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         res = run(device=d, batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, task=args.task,
                   patch=args.patch, backend=args.backend, variants=[v for v in args.variants.split(",") if v],
                   tiny=args.tiny, seed=args.seed, threads=args.threads, verbose=True,
-                  stat=args.stat)
+                  stat=args.stat, adapter_clock=False if args.no_adapter_clock or d != "cpu" else None)
         print(_format(res), flush=True)
         results.append(res)
     if args.json:

@@ -1,0 +1,69 @@
+"""benchmarks/bench_finetune_step.py on a small EDT: every variant runs, and the clock
+inside the step sees every adapter once forward and once backward, also the first
+adapter, whose input needs no gradient (everything before it is frozen)."""
+
+import importlib.util
+import os
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "benchmarks", "bench_finetune_step.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_finetune_step", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_adapter_clock_inside_the_step(bench):
+    res = bench.run(device="cpu", tiny=True, repeats=2, warmup=1, batch_size=1, backend="auto")
+    assert set(res["times_s"]) == {"none", "eager", "fused"}, res["skipped"]
+    adapters = 4  # the small EDT: two stages of two blocks
+    for v in ("eager", "fused"):
+        assert res["adapter_calls"][v] == [adapters, adapters]
+        parts = res["step_parts_s"][v]
+        assert parts["adapter_fwd"] > 0 and parts["adapter_bwd"] > 0 and parts["opt"] > 0
+        # the adapters' share cannot exceed the step that contains it
+        assert parts["adapter_fwd"] + parts["adapter_bwd"] + parts["opt"] < min(res["all_times_s"][v])
+    assert "adapter_fwd" not in res["step_parts_s"]["none"]
+    assert res["adapter_overhead_ratio_fused_over_eager"] == pytest.approx(
+        res["adapter_overhead_direct_s"]["fused"] / res["adapter_overhead_direct_s"]["eager"])
+
+
+def test_adapter_clock_refuses_other_devices(bench):
+    # any device but the CPU ("meta" stands for an asynchronous one here)
+    with pytest.raises(ValueError, match="adapter_clock needs the CPU"):
+        bench.run(device="meta", tiny=True, repeats=1, warmup=0, adapter_clock=True)
+
+
+def test_adapter_clock_leaves_the_model_unchanged(bench):
+    """Hooks and identity marks change no value: loss and gradients with the clock on
+    equal those without it."""
+    import torch
+    import torch.nn.functional as F
+
+    from adaptir_kernels.adapters import inject
+    from adaptir_kernels.backbones import EDT
+
+    torch.manual_seed(0)
+    model = inject(EDT("sr_2", **bench.TINY), backend="reference")
+    bench._randomize_adapters(model, seed=3)
+    x = torch.rand(1, 3, 24, 24)
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        F.l1_loss(model(x), torch.zeros(1, 3, 48, 48)).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain = grads()
+    clock = bench.AdapterClock(model)
+    clocked = grads()
+    assert clock.calls == [4, 4]
+    clock.remove()
+    assert plain.keys() == clocked.keys()
+    for n in plain:
+        assert torch.equal(plain[n], clocked[n]), n
