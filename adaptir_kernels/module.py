@@ -1,9 +1,11 @@
 """The fused AdaptIR module: the reference's parameters, forward = the fused operator chain.
 
 The whole adapter is one autograd node (`_AdaptIRChain`) whose forward calls the five
-forward operators and whose backward calls their backward operators. It saves x, u, the
-normalised head output and g (three hidden-width tensors) plus per-sample vectors; l and
-sg are recomputed in the backward.
+forward operators and whose backward calls their backward operators. It saves x, the
+normalised head output xhat and g (two hidden-width tensors), the signs of the inverse
+transform packed 8 to a byte where the backend keeps them (1/32 of one), and per-sample
+vectors; u = xhat * bn_weight + bn_bias (one pass), l and sg are recomputed in the
+backward.
 """
 
 from __future__ import annotations
@@ -59,11 +61,11 @@ class _AdaptIRChain(torch.autograd.Function):
         u, xhat, mean, var = project_in(
             x, head_w, head_b, bn_w, bn_b, running_mean, running_var, training, eps, layout, H, W, backend)
         loc, sg = local_branch(u, conv_A, conv_B, conv_bias, si_w, si_b, backend)
-        g, gmean = global_branch(u, amp_w, amp_b, pha_w, pha_b, backend)
+        g, gmean, sign = global_branch(u, amp_w, amp_b, pha_w, pha_b, backend)
         cs, cg = router(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
                             gmean, ci1_w, ci1_b, ci3_w, ci3_b, backend)
         out = combine_out(loc, g, sg, cg, cs, tail_w, layout, x.dtype, backend)
-        ctx.save_for_backward(x, u, xhat, g, gmean, cs, cg, var, head_w, bn_w,
+        ctx.save_for_backward(x, xhat, g, sign, gmean, cs, cg, var, head_w, bn_w, bn_b,
                               conv_A, conv_B, conv_bias, si_w, si_b, amp_w, amp_b, pha_w, pha_b,
                               compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
                               ci1_w, ci1_b, ci3_w, ci3_b, tail_w)
@@ -73,11 +75,13 @@ class _AdaptIRChain(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_mean, _grad_var):
-        (x, u, xhat, g, gmean, cs, cg, var, head_w, bn_w,
+        (x, xhat, g, sign, gmean, cs, cg, var, head_w, bn_w, bn_b,
          conv_A, conv_B, conv_bias, si_w, si_b, amp_w, amp_b, pha_w, pha_b,
          compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
          ci1_w, ci1_b, ci3_w, ci3_b, tail_w) = ctx.saved_tensors
         training, eps, layout, H, W, backend = ctx.args
+        # project_in's u, as it defines it (train and eval): the BN affine of xhat.
+        u = torch.addcmul(bn_b[:, None, None], xhat, bn_w[:, None, None])
         loc, sg = local_branch(u, conv_A, conv_B, conv_bias, si_w, si_b, backend)
         g_l, g_g, g_sg, g_cg, g_cs, g_tail = combine_out_backward(
             grad_out.contiguous(), loc, g, sg, cg, cs, tail_w, layout, backend)
@@ -86,7 +90,7 @@ class _AdaptIRChain(torch.autograd.Function):
             g_cs, g_cg, u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
             gmean, ci1_w, ci1_b, ci3_w, ci3_b, backend)
         gu_global, g_aw, g_ab, g_pw, g_pb = global_branch_backward(
-            g_g, g_gmean, u, amp_w, amp_b, pha_w, pha_b, backend)
+            g_g, g_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b, backend)
         gu_local, g_A, g_B, g_cbias, g_siw, g_sib = local_branch_backward(
             g_l, g_sg, u, conv_A, conv_B, conv_bias, si_w, si_b, backend)
         grad_u = torch.add(gu_global, gu_local)

@@ -145,7 +145,7 @@ def _chain_state(shape: B.Shape, device_str: str, training: bool) -> Dict:
         u, xhat, mean, var = project_in(x, p["head_w"], p["head_b"], p["bn_w"], p["bn_b"], p["running_mean"],
                                         p["running_var"], training, 1e-5, shape.layout, shape.H, shape.W, "torch")
         loc, sg = local_branch(u, p["conv_A"], p["conv_B"], p["conv_bias"], p["si_w"], p["si_b"], "torch")
-        g, gmean = global_branch(u, p["amp_w"], p["amp_b"], p["pha_w"], p["pha_b"], "torch")
+        g, gmean, _ = global_branch(u, p["amp_w"], p["amp_b"], p["pha_w"], p["pha_b"], "torch")
         cs, cg = router(u, p["compress_w"], p["compress_b"], p["proj0_w"], p["proj0_b"], p["proj2_w"],
                         p["proj2_b"], gmean, p["ci1_w"], p["ci1_b"], p["ci3_w"], p["ci3_b"], "torch")
     N, h, H, W = u.shape

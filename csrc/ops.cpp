@@ -28,11 +28,12 @@ TORCH_LIBRARY(adaptir_cpp, m) {
         "Tensor conv_B, Tensor conv_bias, Tensor si_weight, Tensor si_bias) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 
-  // SPEC 5 step 3: u -> (g, gmean).
+  // SPEC 5 step 3: u -> (g, gmean), with the signs of the inverse transform bit-packed.
   m.def("global_branch(Tensor u, Tensor amp_w, Tensor amp_b, Tensor pha_w, Tensor pha_b) "
-        "-> (Tensor, Tensor)");
-  m.def("global_branch_backward(Tensor grad_g, Tensor grad_gmean, Tensor u, Tensor amp_w, "
-        "Tensor amp_b, Tensor pha_w, Tensor pha_b) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("global_branch_backward(Tensor grad_g, Tensor grad_gmean, Tensor u, Tensor g, "
+        "Tensor sign, Tensor amp_w, Tensor amp_b, Tensor pha_w, Tensor pha_b) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // SPEC 5 step 4: (u, gmean) -> (cs, cg), per-sample vectors.
   m.def("router(Tensor u, Tensor compress_w, Tensor compress_b, Tensor proj0_w, Tensor proj0_b, "

@@ -53,8 +53,8 @@ def test_bench_tiny_table_and_json(tmp_path, monkeypatch, capsys):
             assert sorted(r["speedup"]) == sorted(cols) and sorted(r["floor_fraction"]) == sorted(cols)
         assert rows["reference"]["speedup"]["infer"] == pytest.approx(1.0)
         if sd["train"]:
-            # the fused chain keeps u, xhat and g (3 hidden-width tensors); the eager chain many more
-            assert rows["fused:torch"]["saved_hidden_units"] < 4
+            # the fused chain keeps xhat and g (2 hidden-width tensors); the eager chain many more
+            assert rows["fused:torch"]["saved_hidden_units"] < 2.2
             assert rows["reference"]["saved_hidden_units"] > rows["fused:torch"]["saved_hidden_units"]
             assert rows["reference"]["saved_bytes"] >= rows["reference"]["saved_activation_bytes"] > 0
         for impl in expected[2:]:

@@ -11,8 +11,9 @@ def make_case(N, H, W, h=12, seed=0):
     inputs = [randn(N, h, H, W, seed=seed), 1 + randn(h, seed=seed + 1, std=0.3), randn(h, seed=seed + 2, std=0.3),
               1 + randn(h, seed=seed + 3, std=0.3), randn(h, seed=seed + 4, std=0.3)]
     return OpCase(
-        forward_op=op.global_branch, backward_op=op.global_branch_backward, oracle=op.forward_torch,
-        inputs=inputs, backward_inputs=lambda ins, outs: ins,
+        forward_op=op.global_branch, backward_op=op.global_branch_backward,
+        oracle=lambda *a: op.forward_torch(*a)[:2],  # g and gmean; the signs: test_signs_*
+        inputs=inputs, backward_inputs=lambda ins, outs: [ins[0], outs[0], outs[2], *ins[1:]],
     )
 
 
@@ -36,10 +37,11 @@ def test_constant_image_zero_spectrum(backend):
     u = torch.zeros(1, 3, 4, 5, device=DEVICE)
     u[0, 1] = 2.0
     p = [torch.full((3,), v, device=DEVICE) for v in (1.3, 0.2, 0.7, 0.1)]
-    g, gm = op.global_branch(u, *p, backend)
+    g, gm, sign = op.global_branch(u, *p, backend)
     gg, ggm = torch.ones_like(g), torch.ones_like(gm)
-    grads = op.global_branch_backward(gg, ggm, u, *p, backend)
-    ref = op.global_branch_backward(gg.cpu(), ggm.cpu(), u.cpu(), *[t.cpu() for t in p], "torch")
+    grads = op.global_branch_backward(gg, ggm, u, g, sign, *p, backend)
+    ref = op.global_branch_backward(gg.cpu(), ggm.cpu(), u.cpu(), g.cpu(), op.no_signs(u.cpu()),
+                                    *[t.cpu() for t in p], "torch")
     for a, b in zip(grads, ref):
         assert not torch.isnan(a).any()
         assert torch.allclose(a.cpu(), b, atol=1e-5)
@@ -49,4 +51,87 @@ def test_opcheck():
     case = make_case(2, 3, 4)
     args = [t.float() for t in case.inputs]
     torch.library.opcheck(op.global_branch, (*args, "torch"))
-    torch.library.opcheck(op.global_branch_backward, (torch.randn(2, 12, 3, 4), torch.randn(2, 12), *args, "torch"))
+    g, _, sign = op.global_branch(*args, "torch")
+    torch.library.opcheck(op.global_branch_backward,
+                          (torch.randn(2, 12, 3, 4), torch.randn(2, 12), args[0], g, sign, *args[1:], "torch"))
+
+
+def _y64(u, p):
+    """The inverse transform y before abs (g = |y|), in float64."""
+    from adaptir_kernels.ops.spectral_gate import spectral_gate_torch
+
+    H, W = u.shape[-2:]
+    G = spectral_gate_torch(op._spectrum(u.double()), *[t.double() for t in p])
+    return op._inverse(G, H, W)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7), (1, 4, 4), (3, 1, 9), (1, 1, 1)], ids=str)
+def test_pack_signs_layout(shape):
+    N, H, W = shape
+    y = torch.randn(N, 3, H, W, generator=torch.Generator().manual_seed(H * W))
+    y[0, 0].view(-1)[0] = -0.0  # not negative: no bit
+    bits = op.pack_signs(y)
+    assert bits.dtype == torch.uint8 and bits.shape == (N, 3, (H * W + 7) // 8)
+    flat = y.reshape(N, 3, -1)
+    for i in range(H * W):
+        assert torch.equal(((bits[:, :, i // 8] >> (i % 8)) & 1).bool(), flat[:, :, i] < 0)
+    # padding bits beyond H*W stay clear
+    if (H * W) % 8:
+        assert (bits[:, :, -1] >> ((H * W) % 8)).eq(0).all()
+    g = y.abs()
+    g[1 % N, 2, 0, 0] = 0.0
+    want = torch.sign(y) * (g > 0)
+    assert torch.equal(op.unpack_signs(g, bits), want)
+
+
+def _require(backend):
+    from op_cases import backends
+
+    if backend not in backends():
+        pytest.skip(f"backend {backend!r} is not available on this machine")
+
+
+@pytest.mark.parametrize("backend", op.KEEPS_SIGN)
+@pytest.mark.parametrize("shape", [(2, 6, 8), (1, 5, 7), (2, 18, 24)], ids=str)
+def test_signs_kept_by_the_forward(backend, shape):
+    """The forward's packed signs are those of y; the backward from them equals the
+    backward that recomputes y (an empty sign), bit for bit."""
+    from op_cases import DEVICE
+
+    _require(backend)
+    case = make_case(*shape, seed=5)
+    u, *p = [t.float().to(DEVICE) for t in case.inputs]
+    g, gm, sign = op.global_branch(u, *p, backend)
+    assert sign.shape == op.sign_shape(u.shape, backend) and sign.dtype == torch.uint8
+    y = _y64(u.cpu(), [t.cpu() for t in p])
+    clear = y.abs() > 1e-6  # away from zero, where float32 and float64 agree on the sign
+    got = op.unpack_signs(torch.ones_like(y), sign.cpu())
+    assert torch.equal(got[clear], torch.sign(y)[clear])
+    gg, ggm = torch.randn_like(g), torch.randn_like(gm)
+    with_signs = op.global_branch_backward(gg, ggm, u, g, sign, *p, backend)
+    recomputed = op.global_branch_backward(gg, ggm, u, g, op.no_signs(u), *p, backend)
+    for a, b in zip(with_signs, recomputed):
+        assert torch.equal(a, b)
+    # torch's composite reads the same signs the same way
+    via_torch = op.global_branch_backward(gg.cpu(), ggm.cpu(), u.cpu(), g.cpu(), sign.cpu(),
+                                          *[t.cpu() for t in p], "torch")
+    for a, b in zip(with_signs, via_torch):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", op.KEEPS_SIGN)
+def test_signs_where_y_is_zero(backend):
+    """A zero amplitude gate makes y = 0: g = 0 and every gradient through |y| is 0, as
+    sign(0) = 0, whatever the sign bits say."""
+    from op_cases import DEVICE
+
+    _require(backend)
+    u = torch.randn(1, 2, 4, 6, device=DEVICE)
+    p = [torch.tensor(v, device=DEVICE) for v in ([0.0, 1.0], [0.0, 0.3], [1.0, 1.0], [0.1, 0.2])]
+    g, gm, sign = op.global_branch(u, *p, backend)
+    assert (g[:, 0] == 0).all() and (g[:, 1] > 0).any()
+    grads = op.global_branch_backward(torch.ones_like(g), torch.ones_like(gm), u, g, sign, *p, backend)
+    ref = op.global_branch_backward(torch.ones_like(g), torch.ones_like(gm), u, g, op.no_signs(u), *p, backend)
+    for a, b in zip(grads, ref):
+        assert torch.equal(a, b)
+    assert grads[1][0] == 0 and grads[3][0] == 0  # no gradient reaches channel 0's phase gate

@@ -43,10 +43,11 @@ def _local_branch_backward(grad_l, grad_sg, u, conv_A, conv_B, conv_bias, si_wei
 
 
 def _global_branch(u, amp_w, amp_b, pha_w, pha_b):
-    return _fresh(u), u.new_empty(u.shape[:2])
+    N, h, H, W = u.shape
+    return _fresh(u), u.new_empty(u.shape[:2]), u.new_empty((N, h, (H * W + 7) // 8), dtype=torch.uint8)
 
 
-def _global_branch_backward(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b):
+def _global_branch_backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
     return tuple(u.new_empty(t.shape) for t in (u, amp_w, amp_b, pha_w, pha_b))
 
 

@@ -1,13 +1,17 @@
 """global_branch: u -> g = |irfft2(gate(rfft2(u)))| and its per-channel mean.
 
 Signature (every backend; tensors in the compute dtype, contiguous):
-    forward(u, amp_w, amp_b, pha_w, pha_b) -> (g, gmean)
+    forward(u, amp_w, amp_b, pha_w, pha_b) -> (g, gmean, sign)
         u, g: (N, h, H, W); amp_w, amp_b, pha_w, pha_b: (h); gmean: (N, h) = g.mean((2, 3)).
         The gate is the spectral gate (ops/spectral_gate.py) on the ortho-normalised half
-        spectrum; the transforms follow SPEC 4.1.
-    backward(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b)
+        spectrum; the transforms follow SPEC 4.1. sign: where y (g = |y|) is negative,
+        packed 8 to a byte, uint8 (N, h, ceil(H*W / 8)) (`pack_signs`), from the backends
+        in KEEPS_SIGN; an empty uint8 tensor from the others.
+    backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b)
         -> (grad_u, grad_amp_w, grad_amp_b, grad_pha_w, grad_pha_b)
-        The spectrum and the inverse transform are recomputed from u.
+        The spectrum is recomputed from u. sign(y) is read from g and sign where the
+        forward kept them (one inverse transform and gate pass fewer); with an empty
+        sign, y is recomputed from u and g is not read.
 
 Adjoints used by the explicit backward (c[kw] = 1 at kw = 0 and kw = W/2 for even W,
 else 2; see SPEC 4.1):
@@ -43,22 +47,59 @@ def _inverse(G: Tensor, H: int, W: int) -> Tensor:
     return torch.fft.irfft2(torch.view_as_complex(G), s=(H, W), norm="ortho")
 
 
+# Backends whose forward returns the packed signs of y.
+KEEPS_SIGN = ("cpp",)
+
+
+def sign_shape(u_shape, backend: str) -> Tuple[int, ...]:
+    """Shape of the forward's `sign` output for this backend (empty where none is kept)."""
+    N, h, H, W = u_shape
+    return (N, h, (H * W + 7) // 8) if backend in KEEPS_SIGN else (0,)
+
+
+def no_signs(u: Tensor) -> Tensor:
+    return torch.empty((0,), dtype=torch.uint8, device=u.device)
+
+
+def pack_signs(y: Tensor) -> Tensor:
+    """(N, h, H, W) -> uint8 (N, h, ceil(H*W / 8)): bit k of byte i set where
+    y[..., 8 i + k] < 0 (the layout the C++ forward writes)."""
+    N, h, H, W = y.shape
+    flat = (y.reshape(N, h, H * W) < 0).to(torch.uint8)
+    pad = (-(H * W)) % 8
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    w = torch.tensor([1 << k for k in range(8)], dtype=torch.uint8, device=y.device)
+    return (flat.view(N, h, -1, 8) * w).sum(-1, dtype=torch.uint8)
+
+
+def unpack_signs(g: Tensor, sign: Tensor) -> Tensor:
+    """sign(y) from g = |y| and the packed signs: 0 where g is not positive, else -1 or +1."""
+    N, h, H, W = g.shape
+    bits = (sign.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8, device=g.device)) & 1
+    neg = bits.reshape(N, h, -1)[:, :, : H * W].reshape(g.shape).to(g.dtype)
+    return (g > 0).to(g.dtype) * (1 - 2 * neg)
+
+
 def forward_torch(u, amp_w, amp_b, pha_w, pha_b):
     from .spectral_gate import spectral_gate_torch
 
     H, W = u.shape[-2:]
     G = spectral_gate_torch(_spectrum(u), amp_w, amp_b, pha_w, pha_b)
     g = _inverse(G, H, W).abs()
-    return g, g.mean((2, 3))
+    return g, g.mean((2, 3)), no_signs(u)
 
 
-def backward_torch(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b):
+def backward_torch(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
     from .spectral_gate import spectral_gate_backward_torch, spectral_gate_torch
 
     H, W = u.shape[-2:]
     U = _spectrum(u)
-    y = _inverse(spectral_gate_torch(U, amp_w, amp_b, pha_w, pha_b), H, W)
-    grad_y = (grad_g + grad_gmean[:, :, None, None] / (H * W)) * torch.sign(y)
+    if sign.numel():
+        sgn = unpack_signs(g, sign)
+    else:
+        sgn = torch.sign(_inverse(spectral_gate_torch(U, amp_w, amp_b, pha_w, pha_b), H, W))
+    grad_y = (grad_g + grad_gmean[:, :, None, None] / (H * W)) * sgn
     c = half_spectrum_weights(W, u.device, u.dtype)
     grad_G = torch.view_as_real(torch.fft.rfft2(grad_y, norm="ortho") * c).contiguous()
     grad_U, gaw, gab, gpw, gpb = spectral_gate_backward_torch(grad_G, U, amp_w, amp_b, pha_w, pha_b)
@@ -72,40 +113,43 @@ TABLE = BackendTable("global_branch", (forward_torch, backward_torch))
 @torch.library.custom_op("adaptir::global_branch", mutates_args=())
 def global_branch(
     u: Tensor, amp_w: Tensor, amp_b: Tensor, pha_w: Tensor, pha_b: Tensor, backend: str
-) -> Tuple[Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor]:
     return tuple(TABLE.forward(backend)(u, amp_w, amp_b, pha_w, pha_b))
 
 
 @global_branch.register_fake
 def _(u, amp_w, amp_b, pha_w, pha_b, backend):
-    return torch.empty_like(u), u.new_empty(u.shape[:2])
+    return (torch.empty_like(u), u.new_empty(u.shape[:2]),
+            u.new_empty(sign_shape(u.shape, backend), dtype=torch.uint8))
 
 
 @torch.library.custom_op("adaptir::global_branch_backward", mutates_args=())
 def global_branch_backward(
-    grad_g: Tensor, grad_gmean: Tensor, u: Tensor, amp_w: Tensor, amp_b: Tensor, pha_w: Tensor,
-    pha_b: Tensor, backend: str,
+    grad_g: Tensor, grad_gmean: Tensor, u: Tensor, g: Tensor, sign: Tensor, amp_w: Tensor,
+    amp_b: Tensor, pha_w: Tensor, pha_b: Tensor, backend: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(TABLE.backward(backend)(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b))
+    return tuple(TABLE.backward(backend)(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b))
 
 
 @global_branch_backward.register_fake
-def _(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b, backend):
+def _(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b, backend):
     return (torch.empty_like(u), torch.empty_like(amp_w), torch.empty_like(amp_b),
             torch.empty_like(pha_w), torch.empty_like(pha_b))
 
 
 def _setup_context(ctx, inputs, output):
     u, amp_w, amp_b, pha_w, pha_b, backend = inputs
-    ctx.save_for_backward(u, amp_w, amp_b, pha_w, pha_b)
+    g, _gmean, sign = output
+    ctx.save_for_backward(u, g, sign, amp_w, amp_b, pha_w, pha_b)
+    ctx.mark_non_differentiable(sign)
     ctx.backend = backend
 
 
-def _backward(ctx, grad_g, grad_gmean):
-    u, amp_w, amp_b, pha_w, pha_b = ctx.saved_tensors
+def _backward(ctx, grad_g, grad_gmean, _grad_sign):
+    u, g, sign, amp_w, amp_b, pha_w, pha_b = ctx.saved_tensors
     grad_g = zeros_if_none(grad_g, u)
     grad_gmean = zeros_if_none(grad_gmean, u.new_empty(u.shape[:2]))
-    grads = global_branch_backward(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b, ctx.backend)
+    grads = global_branch_backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b, ctx.backend)
     return (*grads, None)
 
 

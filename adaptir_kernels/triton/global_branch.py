@@ -68,10 +68,11 @@ def forward(u, amp_w, amp_b, pha_w, pha_b):
     fc = cm.FLAT_CONFIG
     with cm.device_guard(u):
         _abs_mean_kernel[(N * h,)](y, g, gmean, H * W, BLOCK=fc["BLOCK"], **cm.opts(fc))
-    return g, gmean
+    # No packed signs here (ops/global_branch.py): the backward recomputes y.
+    return g, gmean, torch.empty((0,), dtype=torch.uint8, device=u.device)
 
 
-def backward(grad_g, grad_gmean, u, amp_w, amp_b, pha_w, pha_b):
+def backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
     u = cm.f32(u, "u")
     grad_g, grad_gmean = cm.f32(grad_g, "grad_g"), cm.f32(grad_gmean, "grad_gmean")
     params = _params(amp_w, amp_b, pha_w, pha_b)

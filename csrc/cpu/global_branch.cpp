@@ -3,9 +3,11 @@
 // The (n, c) planes are processed in fixed groups, each group start to finish inside
 // one work item (one parallel region per call, the group's data stays in cache):
 // Forward:  U = rfft2(u) (ATen FFT, norm "ortho"); the spectral gate in place on U;
-//           g = irfft2(U) written into the output; g = |g| in place with the plane means.
-// Backward: U = rfft2(u); Y = gate(U); y = irfft2(Y); grad_y = (grad_g + grad_gmean /
-//           HW) sign(y) in place; GY = rfft2(grad_y); one gate-backward pass in place on
+//           y = irfft2(U) written into the output; g = |y| in place with the plane means
+//           and the signs of y packed 8 to a byte.
+// Backward: U = rfft2(u); sign(y) from g and the packed signs (or, without them,
+//           recomputed: Y = gate(U); y = irfft2(Y)); grad_y = (grad_g + grad_gmean /
+//           HW) sign(y); GY = rfft2(grad_y); one gate-backward pass in place on
 //           GY. With grad_G = c GY (SPEC 4.1 weights c[kw]) and the gate backward J^T
 //           linear in grad_G, grad_U / c = J^T GY: the c-weights only enter the
 //           parameter-gradient sums, which the same pass accumulates per plane (summed
@@ -354,22 +356,37 @@ T* real_ptr(const at::Tensor& complex) {
   return reinterpret_cast<T*>(complex.data_ptr());
 }
 
-// |y| in place, per-plane means.
+// Bytes of packed signs per plane of HW values.
+inline int64_t sign_bytes(int64_t HW) { return (HW + 7) / 8; }
+
+// |y| in place, per-plane means, and the signs of y: bit k of byte i of a plane's
+// sign bytes is set where y[8 i + k] < 0.
 template <typename T>
-void abs_mean_planes(T* y, int64_t planes, int64_t HW, T* mean) {
+void abs_mean_planes(T* y, int64_t planes, int64_t HW, T* mean, uint8_t* sign) {
+  const int64_t nb = sign_bytes(HW);
   for (int64_t q = 0; q < planes; ++q) {
     T* v = y + q * HW;
+    uint8_t* sq = sign + q * nb;
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t i = 0;
-    for (; i + 8 <= HW; i += 8)
+    for (; i + 8 <= HW; i += 8) {
+      unsigned bits = 0;
       for (int k = 0; k < 8; ++k) {
+        bits |= static_cast<unsigned>(v[i + k] < T(0)) << k;
         const T a = std::abs(v[i + k]);
         v[i + k] = a;
         acc[k] += a;
       }
-    for (; i < HW; ++i) {
-      v[i] = std::abs(v[i]);
-      acc[0] += v[i];
+      sq[i / 8] = static_cast<uint8_t>(bits);
+    }
+    if (i < HW) {
+      unsigned bits = 0;
+      for (int k = 0; i + k < HW; ++k) {
+        bits |= static_cast<unsigned>(v[i + k] < T(0)) << k;
+        v[i + k] = std::abs(v[i + k]);
+        acc[0] += v[i + k];
+      }
+      sq[i / 8] = static_cast<uint8_t>(bits);
     }
     double s = 0.0;
     for (int k = 0; k < 8; ++k) s += acc[k];
@@ -377,20 +394,33 @@ void abs_mean_planes(T* y, int64_t planes, int64_t HW, T* mean) {
   }
 }
 
+// grad_y = (grad_g + m) sign(y) for one plane, with sign(y) = 0 where g = |y| is not
+// positive (y = 0, or NaN) and else -1 or +1 from the packed sign bits.
+template <typename T>
+void grad_y_from_signs(const T* gg, T m, const T* g, const uint8_t* sign, int64_t HW, T* out) {
+  for (int64_t i = 0; i < HW; ++i) {
+    const T mag = static_cast<T>(g[i] > T(0));
+    const T neg = static_cast<T>((sign[i >> 3] >> (i & 7)) & 1);
+    out[i] = (gg[i] + m) * (mag - T(2) * neg * mag);
+  }
+}
+
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> global_branch(const at::Tensor& u, const at::Tensor& amp_w,
-                                                 const at::Tensor& amp_b,
-                                                 const at::Tensor& pha_w,
-                                                 const at::Tensor& pha_b) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> global_branch(const at::Tensor& u,
+                                                             const at::Tensor& amp_w,
+                                                             const at::Tensor& amp_b,
+                                                             const at::Tensor& pha_w,
+                                                             const at::Tensor& pha_b) {
   check_args(kFwd, u, amp_w, amp_b, pha_w, pha_b);
   const int64_t N = u.size(0), h = u.size(1), H = u.size(2), W = u.size(3), HW = H * W;
   const auto opts = u.options();
   at::Tensor g = new_output(u.sizes(), opts);
   at::Tensor gmean = new_output({N, h}, opts);
+  at::Tensor sign = at::empty({N, h, sign_bytes(HW)}, opts.dtype(at::kByte));
   if (u.numel() == 0) {
     gmean.fill_(std::numeric_limits<double>::quiet_NaN());
-    return {g, gmean};
+    return {g, gmean, sign};
   }
   const int64_t planes = N * h, plane_len = H * (W / 2 + 1);
   const at::Tensor u3 = u.detach().contiguous().view({planes, H, W});
@@ -410,17 +440,18 @@ std::tuple<at::Tensor, at::Tensor> global_branch(const at::Tensor& u, const at::
                                        (q0 + q) % h);
         at::Tensor gq = g3.narrow(0, q0, nq);
         at::fft_irfft2_out(gq, U, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
-        abs_mean_planes<scalar_t>(gq.data_ptr<scalar_t>(), nq, HW, gm + q0);
+        abs_mean_planes<scalar_t>(gq.data_ptr<scalar_t>(), nq, HW, gm + q0,
+                                  sign.data_ptr<uint8_t>() + q0 * sign_bytes(HW));
       }
     });
   });
-  return {g, gmean};
+  return {g, gmean, sign};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_branch_backward(
     const at::Tensor& grad_g, const at::Tensor& grad_gmean, const at::Tensor& u,
-    const at::Tensor& amp_w, const at::Tensor& amp_b, const at::Tensor& pha_w,
-    const at::Tensor& pha_b) {
+    const at::Tensor& g, const at::Tensor& sign, const at::Tensor& amp_w,
+    const at::Tensor& amp_b, const at::Tensor& pha_w, const at::Tensor& pha_b) {
   check_args(kBwd, u, amp_w, amp_b, pha_w, pha_b);
   check_like(grad_g, u, kBwd, "grad_g", "u");
   check_like(grad_gmean, u, kBwd, "grad_gmean", "u");
@@ -429,6 +460,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_br
   const int64_t N = u.size(0), h = u.size(1), H = u.size(2), W = u.size(3), HW = H * W;
   TORCH_CHECK(grad_gmean.dim() == 2 && grad_gmean.size(0) == N && grad_gmean.size(1) == h, kBwd,
               ": grad_gmean must have shape (N, h) = (", N, ", ", h, "), got ", grad_gmean.sizes());
+  const bool have_signs = sign.numel() > 0;
+  if (have_signs) {
+    check_cpu(sign, kBwd, "sign");
+    TORCH_CHECK(sign.scalar_type() == at::kByte, kBwd, ": sign must be uint8 (packed bits), got ",
+                sign.scalar_type());
+    TORCH_CHECK(sign.dim() == 3 && sign.size(0) == N && sign.size(1) == h &&
+                    sign.size(2) == sign_bytes(HW),
+                kBwd, ": sign must have shape (N, h, ceil(H*W/8)) = (", N, ", ", h, ", ",
+                sign_bytes(HW), "), got ", sign.sizes());
+    check_like(g, u, kBwd, "g", "u");
+    TORCH_CHECK(g.sizes() == u.sizes(), kBwd, ": g must have u's shape ", u.sizes(), ", got ",
+                g.sizes());
+  }
   const auto opts = u.options();
   at::Tensor grad_u = new_output(u.sizes(), opts);
   at::Tensor g_aw = new_output(amp_w.sizes(), opts);
@@ -442,6 +486,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_br
   const int64_t planes = N * h, Wf = W / 2 + 1, plane_len = H * Wf;
   const at::Tensor u3 = u.detach().contiguous().view({planes, H, W});
   const at::Tensor gg = grad_g.detach().contiguous(), gm = grad_gmean.detach().contiguous();
+  const at::Tensor gc = have_signs ? g.detach().contiguous() : at::Tensor();
+  const at::Tensor sc = have_signs ? sign.contiguous() : at::Tensor();
   at::Tensor gu3 = grad_u.view({planes, H, W});
   // c[kw] (SPEC 4.1) per element of one plane.
   std::vector<float> cw(static_cast<size_t>(plane_len));
@@ -461,24 +507,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_br
       WorkerGuards guards;
       for (int64_t t; queue.pop(t);) {
         const int64_t q0 = t * groups.size, nq = std::min(groups.size, planes - q0);
-        // Recompute y = irfft2(gate(rfft2(u))).
         const at::Tensor U = spectrum(u3.narrow(0, q0, nq));
-        at::Tensor Y = at::empty_like(U);
         const scalar_t* up = real_ptr<scalar_t>(U);
-        scalar_t* yp = real_ptr<scalar_t>(Y);
-        for (int64_t q = 0; q < nq; ++q)
-          gate_forward_chunk<scalar_t>(up + 2 * q * plane_len, yp + 2 * q * plane_len, plane_len,
-                                       p, (q0 + q) % h);
-        at::Tensor y = at::fft_irfft2(Y, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
-        // grad_y = (grad_g + grad_gmean / HW) sign(y), in place.
+        at::Tensor y = at::empty({nq, H, W}, u3.options());
         scalar_t* v = y.data_ptr<scalar_t>();
-        for (int64_t q = 0; q < nq; ++q) {
-          const scalar_t* a = ggp + (q0 + q) * HW;
-          const scalar_t m = gmp[q0 + q] * inv;
-          scalar_t* vq = v + q * HW;
-          for (int64_t i = 0; i < HW; ++i) {
-            const scalar_t sg = static_cast<scalar_t>(vq[i] > 0) - static_cast<scalar_t>(vq[i] < 0);
-            vq[i] = (a[i] + m) * sg;
+        if (have_signs) {
+          // grad_y from g and the forward's signs.
+          const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+          const uint8_t* sp = sc.const_data_ptr<uint8_t>();
+          for (int64_t q = 0; q < nq; ++q) {
+            const int64_t e = q0 + q;
+            grad_y_from_signs<scalar_t>(ggp + e * HW, gmp[e] * inv, gp + e * HW,
+                                        sp + e * sign_bytes(HW), HW, v + q * HW);
+          }
+        } else {
+          // Recompute y = irfft2(gate(rfft2(u))), then grad_y = (grad_g + grad_gmean / HW)
+          // sign(y) in place.
+          at::Tensor Y = at::empty_like(U);
+          scalar_t* yp = real_ptr<scalar_t>(Y);
+          for (int64_t q = 0; q < nq; ++q)
+            gate_forward_chunk<scalar_t>(up + 2 * q * plane_len, yp + 2 * q * plane_len, plane_len,
+                                         p, (q0 + q) % h);
+          at::fft_irfft2_out(y, Y, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
+          for (int64_t q = 0; q < nq; ++q) {
+            const scalar_t* a = ggp + (q0 + q) * HW;
+            const scalar_t m = gmp[q0 + q] * inv;
+            scalar_t* vq = v + q * HW;
+            for (int64_t i = 0; i < HW; ++i) {
+              const scalar_t sg = static_cast<scalar_t>(vq[i] > 0) - static_cast<scalar_t>(vq[i] < 0);
+              vq[i] = (a[i] + m) * sg;
+            }
           }
         }
         // J^T GY in place, with the c-weighted parameter sums.

@@ -219,19 +219,26 @@ void test_global_branch() {
           g[n][c][y][x] = std::abs(s * norm);
         }
     }
-  const auto [go, gm] = adaptir::cpu::global_branch(u, aw, ab, pw, pb);
+  const auto [go, gm, sign] = adaptir::cpu::global_branch(u, aw, ab, pw, pb);
   EXPECT_CLOSE(go, g, 1e-11);
   EXPECT_CLOSE(gm, g.mean({2, 3}), 1e-11);
   const auto f = [](const at::Tensor& t) { return t.to(at::kFloat); };
-  const auto [gf, gmf] = adaptir::cpu::global_branch(f(u), f(aw), f(ab), f(pw), f(pb));
+  const auto [gf, gmf, signf] = adaptir::cpu::global_branch(f(u), f(aw), f(ab), f(pw), f(pb));
   EXPECT_CLOSE(gf, g, 1e-5);
   EXPECT_CLOSE(gmf, g.mean({2, 3}), 1e-5);
-  // Backward: d/du of sum(w * g) against central differences.
+  EXPECT(sign.scalar_type() == at::kByte && sign.size(2) == (H * W + 7) / 8);
+  // Backward: d/du of sum(w * g) against central differences, from the forward's signs;
+  // without them (an empty sign tensor) the same result from the recomputed transform.
   const at::Tensor wg = at::randn_like(g), wm = at::randn({N, h}, at::kDouble);
-  const auto grads = adaptir::cpu::global_branch_backward(wg, wm, u, aw, ab, pw, pb);
+  const auto grads = adaptir::cpu::global_branch_backward(wg, wm, u, go, sign, aw, ab, pw, pb);
+  const auto again = adaptir::cpu::global_branch_backward(
+      wg, wm, u, go, at::empty({0}, sign.options()), aw, ab, pw, pb);
+  EXPECT(at::equal(std::get<0>(grads), std::get<0>(again)) &&
+         at::equal(std::get<1>(grads), std::get<1>(again)) &&
+         at::equal(std::get<4>(grads), std::get<4>(again)));
   const at::Tensor gu = std::get<0>(grads);
   auto loss = [&](const at::Tensor& uu) {
-    const auto [a, m] = adaptir::cpu::global_branch(uu, aw, ab, pw, pb);
+    const auto [a, m, s_] = adaptir::cpu::global_branch(uu, aw, ab, pw, pb);
     return (a * wg).sum().item<double>() + (m * wm).sum().item<double>();
   };
   for (int64_t i = 0; i < u.numel(); i += 7) {
@@ -301,12 +308,12 @@ void test_dispatcher() {
   const at::Tensor p = at::rand({3}) + 0.5;
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("adaptir_cpp::global_branch", "")
-                .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                          const at::Tensor&, const at::Tensor&,
-                                                          const at::Tensor&)>();
-  const auto [g1, m1] = op.call(u, p, p, p, p);
-  const auto [g2, m2] = adaptir::cpu::global_branch(u, p, p, p, p);
-  EXPECT(at::equal(g1, g2) && at::equal(m1, m2));
+                .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                    const at::Tensor&)>();
+  const auto [g1, m1, s1] = op.call(u, p, p, p, p);
+  const auto [g2, m2, s2] = adaptir::cpu::global_branch(u, p, p, p, p);
+  EXPECT(at::equal(g1, g2) && at::equal(m1, m2) && at::equal(s1, s2));
 }
 
 }  // namespace
