@@ -92,7 +92,7 @@ def _require(backend):
 
 
 @pytest.mark.parametrize("backend", op.KEEPS_SIGN)
-@pytest.mark.parametrize("shape", [(2, 6, 8), (1, 5, 7), (2, 18, 24)], ids=str)
+@pytest.mark.parametrize("shape", [(2, 6, 8), (1, 5, 7), (2, 18, 24), (1, 23, 25)], ids=str)
 def test_signs_kept_by_the_forward(backend, shape):
     """The forward's packed signs are those of y; the backward from them equals the
     backward that recomputes y (an empty sign), bit for bit."""
@@ -135,3 +135,20 @@ def test_signs_where_y_is_zero(backend):
     for a, b in zip(grads, ref):
         assert torch.equal(a, b)
     assert grads[1][0] == 0 and grads[3][0] == 0  # no gradient reaches channel 0's phase gate
+
+
+@pytest.mark.parametrize("backend", op.KEEPS_SIGN)
+def test_bad_signs_are_refused(backend):
+    from op_cases import DEVICE
+
+    _require(backend)
+    u = torch.randn(2, 3, 5, 7, device=DEVICE)
+    p = [torch.rand(3, device=DEVICE) + 0.5 for _ in range(4)]
+    g, gm, sign = op.global_branch(u, *p, backend)
+    gg, ggm = torch.randn_like(g), torch.randn_like(gm)
+    with pytest.raises((RuntimeError, ValueError), match="sign must"):
+        op.global_branch_backward(gg, ggm, u, g, sign.float(), *p, backend)
+    with pytest.raises((RuntimeError, ValueError), match="sign must"):
+        op.global_branch_backward(gg, ggm, u, g, sign[..., :-1], *p, backend)
+    with pytest.raises((RuntimeError, ValueError), match="g must have u's shape"):
+        op.global_branch_backward(gg, ggm, u, g[..., :-1], sign, *p, backend)

@@ -48,7 +48,7 @@ def _inverse(G: Tensor, H: int, W: int) -> Tensor:
 
 
 # Backends whose forward returns the packed signs of y.
-KEEPS_SIGN = ("cpp",)
+KEEPS_SIGN = ("cpp", "triton")
 
 
 def sign_shape(u_shape, backend: str) -> Tuple[int, ...]:

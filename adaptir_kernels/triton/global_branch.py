@@ -2,9 +2,11 @@
 between them is one kernel each way (spectral_gate.py), and abs with its per-channel mean
 is one more. Signatures and adjoints: adaptir_kernels/ops/global_branch.py.
 
-Forward:  rfft2 -> _gate_fwd_kernel -> irfft2 -> _abs_mean_kernel (g = |y|, mean of g).
-Backward: the spectrum and y are recomputed from u (rfft2, gate, irfft2);
-          _sign_kernel: grad_y = (grad_g + grad_gmean / HW) * sign(y);
+Forward:  rfft2 -> _gate_fwd_kernel -> irfft2 -> _abs_mean_kernel (g = |y|, mean of g,
+          the signs of y packed 8 to a byte).
+Backward: the spectrum is recomputed from u (rfft2);
+          _sign_bits_kernel: grad_y = (grad_g + grad_gmean / HW) * sign(y), sign(y) from g
+          and the packed signs (without them, y is recomputed: gate, irfft2, _sign_kernel);
           rfft2 -> _gate_bwd_kernel with the c[kw] weights applied on the way in and 1 / c
           on the way out, plus per-program parameter-gradient partials -> colsum;
           irfft2 -> grad_u.
@@ -22,16 +24,24 @@ from .spectral_gate import gate_backward_into, gate_forward
 
 
 @triton.jit
-def _abs_mean_kernel(y_ptr, g_ptr, gmean_ptr, HW, BLOCK: tl.constexpr):
+def _abs_mean_kernel(y_ptr, g_ptr, gmean_ptr, sign_ptr, HW, NB, BLOCK: tl.constexpr):
+    """One plane: g = |y|, its mean, and the signs of y packed 8 to a byte (bit k of
+    byte i set where y[8 i + k] < 0; BLOCK is a multiple of 8)."""
     plane = tl.program_id(0).to(tl.int64)
     base = plane * HW
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    weights = (1 << tl.arange(0, 8)).to(tl.int32)
     for s0 in range(0, HW, BLOCK):
         e = s0 + tl.arange(0, BLOCK)
         m = e < HW
-        v = tl.abs(tl.load(y_ptr + base + e, mask=m, other=0.0))
+        y = tl.load(y_ptr + base + e, mask=m, other=0.0)
+        v = tl.abs(y)
         tl.store(g_ptr + base + e, v, mask=m)
         acc += v
+        neg = tl.reshape((y < 0.0).to(tl.int32), (BLOCK // 8, 8))
+        packed = tl.sum(neg * weights[None, :], axis=1)
+        b = s0 // 8 + tl.arange(0, BLOCK // 8)
+        tl.store(sign_ptr + plane * NB + b, packed.to(tl.uint8), mask=b < NB)
     tl.store(gmean_ptr + plane, tl.sum(acc, axis=0) / HW.to(tl.float32))
 
 
@@ -42,6 +52,22 @@ def _sign_kernel(gg_ptr, ggm_ptr, y_ptr, out_ptr, total, HW, BLOCK: tl.constexpr
     y = tl.load(y_ptr + i, mask=m, other=0.0)
     gy = tl.load(gg_ptr + i, mask=m, other=0.0) + tl.load(ggm_ptr + i // HW, mask=m, other=0.0) / HW.to(tl.float32)
     sgn = tl.where(y > 0.0, 1.0, tl.where(y < 0.0, -1.0, 0.0))
+    tl.store(out_ptr + i, gy * sgn, mask=m)
+
+
+@triton.jit
+def _sign_bits_kernel(gg_ptr, ggm_ptr, g_ptr, sign_ptr, out_ptr, total, HW, NB, BLOCK: tl.constexpr):
+    """grad_y = (grad_g + grad_gmean / HW) * sign(y), sign(y) from g = |y| (0 where g is
+    not positive) and the forward's packed signs."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < total
+    plane = i // HW
+    e = i - plane * HW
+    byte = tl.load(sign_ptr + plane * NB + e // 8, mask=m, other=0).to(tl.int32)
+    bit = (byte >> (e % 8).to(tl.int32)) & 1
+    g = tl.load(g_ptr + i, mask=m, other=0.0)
+    gy = tl.load(gg_ptr + i, mask=m, other=0.0) + tl.load(ggm_ptr + plane, mask=m, other=0.0) / HW.to(tl.float32)
+    sgn = tl.where(g > 0.0, tl.where(bit != 0, -1.0, 1.0), 0.0)
     tl.store(out_ptr + i, gy * sgn, mask=m)
 
 
@@ -65,11 +91,24 @@ def forward(u, amp_w, amp_b, pha_w, pha_b):
     y = _inverse(gate_forward(_spectrum(u), *params), H, W)
     g = cm.new(u.shape, u.device)
     gmean = cm.new((N, h), u.device)
+    nb = (H * W + 7) // 8
+    sign = cm.new((N, h, nb), u.device, dtype=torch.uint8)
     fc = cm.FLAT_CONFIG
     with cm.device_guard(u):
-        _abs_mean_kernel[(N * h,)](y, g, gmean, H * W, BLOCK=fc["BLOCK"], **cm.opts(fc))
-    # No packed signs here (ops/global_branch.py): the backward recomputes y.
-    return g, gmean, torch.empty((0,), dtype=torch.uint8, device=u.device)
+        _abs_mean_kernel[(N * h,)](y, g, gmean, sign, H * W, nb, BLOCK=fc["BLOCK"], **cm.opts(fc))
+    return g, gmean, sign
+
+
+def _check_signs(g, sign, u):
+    N, h, H, W = u.shape
+    if sign.dtype != torch.uint8 or tuple(sign.shape) != (N, h, (H * W + 7) // 8):
+        raise ValueError(f"global_branch backward: sign must be uint8 of shape (N, h, ceil(H*W/8)) = "
+                         f"{(N, h, (H * W + 7) // 8)}, got {sign.dtype} {tuple(sign.shape)}")
+    if tuple(g.shape) != tuple(u.shape):
+        raise ValueError(f"global_branch backward: g must have u's shape {tuple(u.shape)}, got {tuple(g.shape)}")
+    if sign.device != u.device:
+        raise ValueError(f"global_branch backward: sign is on {sign.device}, u on {u.device}")
+    return cm.f32(g, "g"), sign.contiguous()
 
 
 def backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
@@ -78,13 +117,19 @@ def backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
     params = _params(amp_w, amp_b, pha_w, pha_b)
     N, h, H, W = u.shape
     U = _spectrum(u)
-    y = _inverse(gate_forward(U, *params), H, W)
     grad_y = cm.new(u.shape, u.device)
     total = grad_y.numel()
     fc = cm.FLAT_CONFIG
-    with cm.device_guard(u):
-        _sign_kernel[(cm.cdiv(total, fc["BLOCK"]),)](grad_g, grad_gmean, y, grad_y, total, H * W,
-                                                     BLOCK=fc["BLOCK"], **cm.opts(fc))
+    grid = (cm.cdiv(total, fc["BLOCK"]),)
+    if sign.numel():
+        g, sign = _check_signs(g, sign, u)
+        with cm.device_guard(u):
+            _sign_bits_kernel[grid](grad_g, grad_gmean, g, sign, grad_y, total, H * W, sign.shape[-1],
+                                    BLOCK=fc["BLOCK"], **cm.opts(fc))
+    else:  # no signs kept: recompute y
+        y = _inverse(gate_forward(U, *params), H, W)
+        with cm.device_guard(u):
+            _sign_kernel[grid](grad_g, grad_gmean, y, grad_y, total, H * W, BLOCK=fc["BLOCK"], **cm.opts(fc))
     grad_Uc, gaw, gab, gpw, gpb = gate_backward_into(_spectrum(grad_y), U, *params, weights_of_width=W)
     grad_u = _inverse(grad_Uc, H, W)
     return grad_u, gaw, gab, gpw, gpb
@@ -95,7 +140,10 @@ def backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
 
 def compile_specs():
     fc = cm.FLAT_CONFIG
-    sig = dict(y_ptr="*fp32", g_ptr="*fp32", gmean_ptr="*fp32", HW="i32")
+    sig = dict(y_ptr="*fp32", g_ptr="*fp32", gmean_ptr="*fp32", sign_ptr="*u8", HW="i32", NB="i32")
     yield ("global_branch._abs_mean_kernel", _abs_mean_kernel, sig, dict(BLOCK=fc["BLOCK"]), cm.opts(fc))
+    sig = dict(gg_ptr="*fp32", ggm_ptr="*fp32", g_ptr="*fp32", sign_ptr="*u8", out_ptr="*fp32", total="i32",
+               HW="i32", NB="i32")
+    yield ("global_branch._sign_bits_kernel", _sign_bits_kernel, sig, dict(BLOCK=fc["BLOCK"]), cm.opts(fc))
     sig = dict(gg_ptr="*fp32", ggm_ptr="*fp32", y_ptr="*fp32", out_ptr="*fp32", total="i32", HW="i32")
     yield ("global_branch._sign_kernel", _sign_kernel, sig, dict(BLOCK=fc["BLOCK"]), cm.opts(fc))

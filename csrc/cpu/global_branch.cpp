@@ -418,6 +418,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_branch(const at::Tensor& u
   at::Tensor g = new_output(u.sizes(), opts);
   at::Tensor gmean = new_output({N, h}, opts);
   at::Tensor sign = at::empty({N, h, sign_bytes(HW)}, opts.dtype(at::kByte));
+  if (poison_enabled() && sign.numel() > 0) sign.fill_(255);  // every byte is written below
   if (u.numel() == 0) {
     gmean.fill_(std::numeric_limits<double>::quiet_NaN());
     return {g, gmean, sign};
