@@ -3,9 +3,8 @@
 The whole adapter is one autograd node (`_AdaptIRChain`) whose forward calls the five
 forward operators and whose backward calls their backward operators. It saves x, the
 normalised head output xhat and g (two hidden-width tensors), the signs of the inverse
-transform packed 8 to a byte where the backend keeps them (1/32 of one), and per-sample
-vectors; u = xhat * bn_weight + bn_bias (one pass), l and sg are recomputed in the
-backward.
+transform packed 8 to a byte (1/32 of one), and per-sample vectors; u = xhat *
+bn_weight + bn_bias (one pass), l and sg are recomputed in the backward.
 """
 
 from __future__ import annotations

@@ -53,8 +53,10 @@ def test_bench_tiny_table_and_json(tmp_path, monkeypatch, capsys):
             assert sorted(r["speedup"]) == sorted(cols) and sorted(r["floor_fraction"]) == sorted(cols)
         assert rows["reference"]["speedup"]["infer"] == pytest.approx(1.0)
         if sd["train"]:
-            # the fused chain keeps xhat and g (2 hidden-width tensors); the eager chain many more
-            assert rows["fused:torch"]["saved_hidden_units"] < 2.2
+            # the fused chain keeps xhat, g and the packed signs of y (2 hidden-width tensors and
+            # a bit per value), plus per-sample vectors that weigh more at these tiny sizes; the
+            # eager chain many more
+            assert 2.0 < rows["fused:torch"]["saved_hidden_units"] < 2.5
             assert rows["reference"]["saved_hidden_units"] > rows["fused:torch"]["saved_hidden_units"]
             assert rows["reference"]["saved_bytes"] >= rows["reference"]["saved_activation_bytes"] > 0
         for impl in expected[2:]:

@@ -84,25 +84,17 @@ def test_pack_signs_layout(shape):
     assert torch.equal(op.unpack_signs(g, bits), want)
 
 
-def _require(backend):
-    from op_cases import backends
-
-    if backend not in backends():
-        pytest.skip(f"backend {backend!r} is not available on this machine")
-
-
-@pytest.mark.parametrize("backend", op.KEEPS_SIGN)
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("shape", [(2, 6, 8), (1, 5, 7), (2, 18, 24), (1, 23, 25)], ids=str)
 def test_signs_kept_by_the_forward(backend, shape):
     """The forward's packed signs are those of y; the backward from them equals the
     backward that recomputes y (an empty sign), bit for bit."""
     from op_cases import DEVICE
 
-    _require(backend)
     case = make_case(*shape, seed=5)
     u, *p = [t.float().to(DEVICE) for t in case.inputs]
     g, gm, sign = op.global_branch(u, *p, backend)
-    assert sign.shape == op.sign_shape(u.shape, backend) and sign.dtype == torch.uint8
+    assert sign.shape == op.sign_shape(u.shape) and sign.dtype == torch.uint8
     y = _y64(u.cpu(), [t.cpu() for t in p])
     clear = y.abs() > 1e-6  # away from zero, where float32 and float64 agree on the sign
     got = op.unpack_signs(torch.ones_like(y), sign.cpu())
@@ -119,13 +111,12 @@ def test_signs_kept_by_the_forward(backend, shape):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", op.KEEPS_SIGN)
+@pytest.mark.parametrize("backend", backend_params())
 def test_signs_where_y_is_zero(backend):
     """A zero amplitude gate makes y = 0: g = 0 and every gradient through |y| is 0, as
     sign(0) = 0, whatever the sign bits say."""
     from op_cases import DEVICE
 
-    _require(backend)
     u = torch.randn(1, 2, 4, 6, device=DEVICE)
     p = [torch.tensor(v, device=DEVICE) for v in ([0.0, 1.0], [0.0, 0.3], [1.0, 1.0], [0.1, 0.2])]
     g, gm, sign = op.global_branch(u, *p, backend)
@@ -137,11 +128,10 @@ def test_signs_where_y_is_zero(backend):
     assert grads[1][0] == 0 and grads[3][0] == 0  # no gradient reaches channel 0's phase gate
 
 
-@pytest.mark.parametrize("backend", op.KEEPS_SIGN)
+@pytest.mark.parametrize("backend", backend_params())
 def test_bad_signs_are_refused(backend):
     from op_cases import DEVICE
 
-    _require(backend)
     u = torch.randn(2, 3, 5, 7, device=DEVICE)
     p = [torch.rand(3, device=DEVICE) + 0.5 for _ in range(4)]
     g, gm, sign = op.global_branch(u, *p, backend)

@@ -176,11 +176,11 @@ def _saved_hidden_units(mod, x, hidden, hw=None):
 
 
 def test_saved_tensors_budget():
-    # Issue limit: at most 3 hidden-width tensors saved beyond x. The chain keeps xhat
-    # and g (this backend keeps no packed signs) plus per-sample vectors.
+    # Issue limit: at most 3 hidden-width tensors saved beyond x. The chain keeps xhat,
+    # g and the packed signs of y (2 + 1/32) plus per-sample vectors.
     mod = randomize(AdaptIR(180, backend="torch"))
     units = _saved_hidden_units(mod, torch.randn(2, 16, 16, 180), mod.hidden)
-    assert 2.0 <= units <= 2.1, units
+    assert 2.03 <= units <= 2.1, units
     ref = randomize(ReferenceAdaptIR(180))
     assert _saved_hidden_units(ref, torch.randn(2, 16, 16, 180), ref.hidden) > 10
 

@@ -5,13 +5,12 @@ Signature (every backend; tensors in the compute dtype, contiguous):
         u, g: (N, h, H, W); amp_w, amp_b, pha_w, pha_b: (h); gmean: (N, h) = g.mean((2, 3)).
         The gate is the spectral gate (ops/spectral_gate.py) on the ortho-normalised half
         spectrum; the transforms follow SPEC 4.1. sign: where y (g = |y|) is negative,
-        packed 8 to a byte, uint8 (N, h, ceil(H*W / 8)) (`pack_signs`), from the backends
-        in KEEPS_SIGN; an empty uint8 tensor from the others.
+        packed 8 to a byte, uint8 (N, h, ceil(H*W / 8)) (`pack_signs`).
     backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b)
         -> (grad_u, grad_amp_w, grad_amp_b, grad_pha_w, grad_pha_b)
-        The spectrum is recomputed from u. sign(y) is read from g and sign where the
-        forward kept them (one inverse transform and gate pass fewer); with an empty
-        sign, y is recomputed from u and g is not read.
+        The spectrum is recomputed from u; sign(y) is read from g and sign (one gate pass
+        and inverse transform fewer than recomputing y). With an empty sign tensor
+        (`no_signs`), y is recomputed from u instead and g is not read.
 
 Adjoints used by the explicit backward (c[kw] = 1 at kw = 0 and kw = W/2 for even W,
 else 2; see SPEC 4.1):
@@ -47,23 +46,32 @@ def _inverse(G: Tensor, H: int, W: int) -> Tensor:
     return torch.fft.irfft2(torch.view_as_complex(G), s=(H, W), norm="ortho")
 
 
-# Backends whose forward returns the packed signs of y.
-KEEPS_SIGN = ("cpp", "triton")
-
-
-def sign_shape(u_shape, backend: str) -> Tuple[int, ...]:
-    """Shape of the forward's `sign` output for this backend (empty where none is kept)."""
+def sign_shape(u_shape) -> Tuple[int, ...]:
+    """Shape of the forward's packed signs for u of shape (N, h, H, W)."""
     N, h, H, W = u_shape
-    return (N, h, (H * W + 7) // 8) if backend in KEEPS_SIGN else (0,)
+    return (N, h, (H * W + 7) // 8)
 
 
 def no_signs(u: Tensor) -> Tensor:
+    """The empty sign tensor: the backward then recomputes y."""
     return torch.empty((0,), dtype=torch.uint8, device=u.device)
+
+
+def check_signs(u: Tensor, g: Tensor, sign: Tensor, op: str = "global_branch backward") -> None:
+    """A clear error unless sign is the packed-sign tensor of u's shape and g is u-shaped."""
+    want = sign_shape(u.shape)
+    if sign.dtype != torch.uint8 or tuple(sign.shape) != want:
+        raise ValueError(f"{op}: sign must be uint8 (packed bits) of shape (N, h, ceil(H*W/8)) = {want}, "
+                         f"got {sign.dtype} {tuple(sign.shape)}")
+    if tuple(g.shape) != tuple(u.shape):
+        raise ValueError(f"{op}: g must have u's shape {tuple(u.shape)}, got {tuple(g.shape)}")
+    if sign.device != u.device or g.device != u.device:
+        raise ValueError(f"{op}: u is on {u.device}, g on {g.device}, sign on {sign.device}")
 
 
 def pack_signs(y: Tensor) -> Tensor:
     """(N, h, H, W) -> uint8 (N, h, ceil(H*W / 8)): bit k of byte i set where
-    y[..., 8 i + k] < 0 (the layout the C++ forward writes)."""
+    y[..., 8 i + k] < 0 (the layout every backend's forward writes)."""
     N, h, H, W = y.shape
     flat = (y.reshape(N, h, H * W) < 0).to(torch.uint8)
     pad = (-(H * W)) % 8
@@ -86,8 +94,9 @@ def forward_torch(u, amp_w, amp_b, pha_w, pha_b):
 
     H, W = u.shape[-2:]
     G = spectral_gate_torch(_spectrum(u), amp_w, amp_b, pha_w, pha_b)
-    g = _inverse(G, H, W).abs()
-    return g, g.mean((2, 3)), no_signs(u)
+    y = _inverse(G, H, W)
+    g = y.abs()
+    return g, g.mean((2, 3)), pack_signs(y)
 
 
 def backward_torch(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
@@ -96,6 +105,7 @@ def backward_torch(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
     H, W = u.shape[-2:]
     U = _spectrum(u)
     if sign.numel():
+        check_signs(u, g, sign)
         sgn = unpack_signs(g, sign)
     else:
         sgn = torch.sign(_inverse(spectral_gate_torch(U, amp_w, amp_b, pha_w, pha_b), H, W))
@@ -120,7 +130,7 @@ def global_branch(
 @global_branch.register_fake
 def _(u, amp_w, amp_b, pha_w, pha_b, backend):
     return (torch.empty_like(u), u.new_empty(u.shape[:2]),
-            u.new_empty(sign_shape(u.shape, backend), dtype=torch.uint8))
+            u.new_empty(sign_shape(u.shape), dtype=torch.uint8))
 
 
 @torch.library.custom_op("adaptir::global_branch_backward", mutates_args=())

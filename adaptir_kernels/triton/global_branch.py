@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.global_branch import check_signs
 from ..spectrum import rfft2_real
 from . import _common as cm
 from .spectral_gate import gate_backward_into, gate_forward
@@ -99,18 +100,6 @@ def forward(u, amp_w, amp_b, pha_w, pha_b):
     return g, gmean, sign
 
 
-def _check_signs(g, sign, u):
-    N, h, H, W = u.shape
-    if sign.dtype != torch.uint8 or tuple(sign.shape) != (N, h, (H * W + 7) // 8):
-        raise ValueError(f"global_branch backward: sign must be uint8 of shape (N, h, ceil(H*W/8)) = "
-                         f"{(N, h, (H * W + 7) // 8)}, got {sign.dtype} {tuple(sign.shape)}")
-    if tuple(g.shape) != tuple(u.shape):
-        raise ValueError(f"global_branch backward: g must have u's shape {tuple(u.shape)}, got {tuple(g.shape)}")
-    if sign.device != u.device:
-        raise ValueError(f"global_branch backward: sign is on {sign.device}, u on {u.device}")
-    return cm.f32(g, "g"), sign.contiguous()
-
-
 def backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
     u = cm.f32(u, "u")
     grad_g, grad_gmean = cm.f32(grad_g, "grad_g"), cm.f32(grad_gmean, "grad_gmean")
@@ -122,11 +111,12 @@ def backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
     fc = cm.FLAT_CONFIG
     grid = (cm.cdiv(total, fc["BLOCK"]),)
     if sign.numel():
-        g, sign = _check_signs(g, sign, u)
+        check_signs(u, g, sign)
+        g, sign = cm.f32(g, "g"), sign.contiguous()
         with cm.device_guard(u):
             _sign_bits_kernel[grid](grad_g, grad_gmean, g, sign, grad_y, total, H * W, sign.shape[-1],
                                     BLOCK=fc["BLOCK"], **cm.opts(fc))
-    else:  # no signs kept: recompute y
+    else:  # an empty sign tensor: recompute y
         y = _inverse(gate_forward(U, *params), H, W)
         with cm.device_guard(u):
             _sign_kernel[grid](grad_g, grad_gmean, y, grad_y, total, H * W, BLOCK=fc["BLOCK"], **cm.opts(fc))
