@@ -40,6 +40,21 @@ void check_vector(const at::Tensor& t, int64_t len, const at::Tensor& u, const c
               "), got ", t.sizes());
 }
 
+// One of the two MLPs h -> k -> h: weights (k, h) and (h, k), biases (k) and (h), with
+// their schema names; returns the hidden width k.
+int64_t check_mlp(const at::Tensor& w0, const at::Tensor& b0, const at::Tensor& w2,
+                  const at::Tensor& b2, int64_t h, const at::Tensor& u, const char* op,
+                  const char* const names[4], const char* k_name) {
+  TORCH_CHECK(w0.dim() == 2, op, ": ", names[0], " must have shape (", k_name, ", h), got ",
+              w0.sizes());
+  const int64_t k = w0.size(0);
+  check_matrix(w0, k, h, u, op, names[0]);
+  check_vector(b0, k, u, op, names[1]);
+  check_matrix(w2, h, k, u, op, names[2]);
+  check_vector(b2, h, u, op, names[3]);
+  return k;
+}
+
 Dims check_args(const char* op, const at::Tensor& u, const at::Tensor& cw, const at::Tensor& cb,
                 const at::Tensor& p0w, const at::Tensor& p0b, const at::Tensor& p2w,
                 const at::Tensor& p2b, const at::Tensor& gmean, const at::Tensor& c1w,
@@ -54,19 +69,11 @@ Dims check_args(const char* op, const at::Tensor& u, const at::Tensor& cw, const
   TORCH_CHECK(d.P >= 1, op, ": u must have at least one position, got ", u.sizes());
   check_vector(cw, d.h, u, op, "compress_w");
   check_vector(cb, 1, u, op, "compress_b");
-  TORCH_CHECK(p0w.dim() == 2, op, ": proj0_w must have shape (p, h), got ", p0w.sizes());
-  d.p = p0w.size(0);
-  check_matrix(p0w, d.p, d.h, u, op, "proj0_w");
-  check_vector(p0b, d.p, u, op, "proj0_b");
-  check_matrix(p2w, d.h, d.p, u, op, "proj2_w");
-  check_vector(p2b, d.h, u, op, "proj2_b");
+  static const char* const proj[4] = {"proj0_w", "proj0_b", "proj2_w", "proj2_b"};
+  static const char* const ci[4] = {"ci1_w", "ci1_b", "ci3_w", "ci3_b"};
+  d.p = check_mlp(p0w, p0b, p2w, p2b, d.h, u, op, proj, "p");
   check_matrix(gmean, d.N, d.h, u, op, "gmean");
-  TORCH_CHECK(c1w.dim() == 2, op, ": ci1_w must have shape (q, h), got ", c1w.sizes());
-  d.q = c1w.size(0);
-  check_matrix(c1w, d.q, d.h, u, op, "ci1_w");
-  check_vector(c1b, d.q, u, op, "ci1_b");
-  check_matrix(c3w, d.h, d.q, u, op, "ci3_w");
-  check_vector(c3b, d.h, u, op, "ci3_b");
+  d.q = check_mlp(c1w, c1b, c3w, c3b, d.h, u, op, ci, "q");
   return d;
 }
 
