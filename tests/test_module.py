@@ -1,5 +1,7 @@
 """The fused module against the reference: every backend, both layouts, train and eval."""
 
+import copy
+
 import pytest
 import torch
 
@@ -119,6 +121,28 @@ def test_state_dict_round_trip():
     for (k, a), (_, b) in zip(ref.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), k
     assert list(mod.state_dict()) == list(ref.state_dict())
+
+
+def test_replaced_submodules_and_parameters_are_used():
+    """The fused module reads its parameters through cached slots: after a first call, a
+    submodule assigned anew and a parameter replaced in its module must both be seen."""
+    ref, mod = make_pair(fused("torch"), seed=21)
+    x = make_input("nhwc", 2, 5, 6, 56, seed=22)
+    ref(x), mod(x)  # the fused one finds its slots; both update their BN buffers
+    gen = torch.Generator().manual_seed(23)
+    new_tail = torch.nn.Conv2d(ref.hidden, 56, 1, bias=False)
+    new_ci = torch.nn.Conv2d(ref.channel_interaction[1].in_channels, ref.channel_interaction[1].out_channels, 1)
+    new_bias = torch.nn.Parameter(torch.randn(ref.head.bias.shape, generator=gen))
+    with torch.no_grad():
+        new_tail.weight.copy_(torch.randn(new_tail.weight.shape, generator=gen))
+        new_ci.weight.copy_(torch.randn(new_ci.weight.shape, generator=gen))
+    for m in (ref, mod):
+        m.tail = copy.deepcopy(new_tail)
+        m.channel_interaction[1] = copy.deepcopy(new_ci)
+        m.head.bias = torch.nn.Parameter(new_bias.detach().clone())
+    compare_modules(ref, mod, x)
+    grads = torch.autograd.grad(mod(x).square().sum(), [mod.tail.weight, mod.head.bias, mod.channel_interaction[1].weight])
+    assert all(g.abs().sum() > 0 for g in grads)
 
 
 def test_backend_selection(monkeypatch):
