@@ -23,6 +23,24 @@ def test_parity(backend, shape):
     run_case(make_case(*shape), backend)
 
 
+def _cpu_backends():
+    from op_cases import backends
+
+    return [b for b in ("cpp", "torch") if b in backends()]
+
+
+# The C++ backend transforms float32 planes of up to 64 x 64 whose sides factor into 2, 3
+# and 5 itself (csrc/cpu/small_fft.h, eight planes per vector, so N*h not a multiple of
+# 8 leaves lanes empty); other sizes go through ATen's FFT. Both routes against the
+# float64 oracle, with h chosen to fill blocks of eight planes fully, partly, or not.
+@pytest.mark.parametrize("backend", _cpu_backends())
+@pytest.mark.parametrize("shape,h", [((1, 48, 48), 12), ((2, 16, 16), 24), ((3, 45, 64), 3),
+                                     ((1, 9, 25), 11), ((2, 1, 60), 5), ((1, 14, 16), 12),
+                                     ((1, 65, 8), 4)], ids=str)
+def test_parity_at_transform_sizes(backend, shape, h):
+    run_case(make_case(*shape, h=h, seed=sum(shape) + h), backend)
+
+
 @pytest.mark.parametrize("backend", backend_params())
 def test_registered_autograd(backend):
     run_autograd(make_case(2, 4, 5, seed=20), backend)

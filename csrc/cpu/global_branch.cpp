@@ -2,7 +2,10 @@
 //
 // The (n, c) planes are processed in fixed groups, each group start to finish inside
 // one work item (one parallel region per call, the group's data stays in cache):
-// Forward:  U = rfft2(u) (ATen FFT, norm "ortho"); the spectral gate in place on U;
+// Transforms: norm "ortho"; small_fft.h's for float32 planes of up to 64 x 64 whose
+// sides have no prime factor above 5, on CPUs with AVX2 and FMA (the groups are then
+// blocks of eight planes), ATen's FFT otherwise.
+// Forward:  U = rfft2(u); the spectral gate in place on U;
 //           y = irfft2(U) written into the output; g = |y| in place with the plane means
 //           and the signs of y packed 8 to a byte.
 // Backward: U = rfft2(u); sign(y) from g and the packed signs (or, without them,
@@ -18,6 +21,7 @@
 #include "global_branch.h"
 
 #include "common.h"
+#include "small_fft.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -313,7 +317,13 @@ void check_args(const char* op, const at::Tensor& u, const at::Tensor& aw, const
 // the whole operator is one parallel region. The grouping depends on the sizes only.
 struct PlaneGroups {
   int64_t planes, size, count;
-  PlaneGroups(int64_t planes_, int64_t plane_elems) : planes(planes_) {
+  PlaneGroups(int64_t planes_, int64_t plane_elems, bool own) : planes(planes_) {
+    if (own) {
+      // small_fft.h transforms eight planes at once: one such block per group.
+      size = fft::kLanes;
+      count = (planes + size - 1) / size;
+      return;
+    }
     // Each group is one FFT call per direction, whose fixed cost (about 20-40 us on a
     // 2-core EPYC) dominates for small planes: as few groups as keep each one within
     // ~256 KiB of float input (so it stays in cache from transform to gate to inverse),
@@ -333,13 +343,33 @@ struct WorkerGuards {
   at::NoGradGuard no_grad;
 };
 
+// Whether the transforms of (H, W) float planes are small_fft.h's (else ATen's).
+bool own_fft(at::ScalarType t, int64_t H, int64_t W) {
+  return t == at::kFloat && fft::supported(H, W) && fft::uses_avx2();
+}
+
+// out = irfft2(U, s=(H, W), norm="ortho") for (planes, H, W/2+1) complex U; out
+// contiguous (planes, H, W).
+void inverse_spectrum(at::Tensor& out, const at::Tensor& U, int64_t H, int64_t W) {
+  if (own_fft(out.scalar_type(), H, W))
+    fft::irfft2(reinterpret_cast<const float*>(U.const_data_ptr()), out.data_ptr<float>(), U.size(0), H, W);
+  else
+    at::fft_irfft2_out(out, U, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
+}
+
 // rfft2 of (planes, H, W) with the imaginary parts of the exactly real bins (kh in
 // {0, H/2}, kw in {0, W/2}, halves for even sizes) set to +0: FFTs leave rounding-level
 // values of either sign there, which would make angle() +pi or -pi by chance
 // (adaptir_kernels/spectrum.py).
 at::Tensor spectrum(const at::Tensor& u) {
-  at::Tensor U = at::fft_rfft2(u, std::nullopt, {-2, -1}, "ortho").contiguous();
   const int64_t planes = u.size(0), H = u.size(1), W = u.size(2), wf = W / 2 + 1;
+  at::Tensor U;
+  if (own_fft(u.scalar_type(), H, W)) {
+    U = at::empty({planes, H, wf}, u.options().dtype(at::kComplexFloat));
+    fft::rfft2(u.const_data_ptr<float>(), reinterpret_cast<float*>(U.data_ptr()), planes, H, W);
+  } else {
+    U = at::fft_rfft2(u, std::nullopt, {-2, -1}, "ortho").contiguous();
+  }
   const int64_t rows[2] = {0, H / 2}, cols[2] = {0, W / 2};
   const int nr = (H % 2 == 0 && H > 1) ? 2 : 1, nc = (W % 2 == 0 && W > 1) ? 2 : 1;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "spectrum", [&] {
@@ -426,7 +456,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_branch(const at::Tensor& u
   const int64_t planes = N * h, plane_len = H * (W / 2 + 1);
   const at::Tensor u3 = u.detach().contiguous().view({planes, H, W});
   at::Tensor g3 = g.view({planes, H, W});
-  const PlaneGroups groups(planes, HW);
+  const PlaneGroups groups(planes, HW, own_fft(u.scalar_type(), H, W));
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), kFwd, [&] {
     const GateParams<scalar_t> p(amp_w, amp_b, pha_w, pha_b);
     scalar_t* gm = gmean.data_ptr<scalar_t>();
@@ -440,7 +470,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_branch(const at::Tensor& u
           gate_forward_chunk<scalar_t>(d + 2 * q * plane_len, d + 2 * q * plane_len, plane_len, p,
                                        (q0 + q) % h);
         at::Tensor gq = g3.narrow(0, q0, nq);
-        at::fft_irfft2_out(gq, U, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
+        inverse_spectrum(gq, U, H, W);
         abs_mean_planes<scalar_t>(gq.data_ptr<scalar_t>(), nq, HW, gm + q0,
                                   sign.data_ptr<uint8_t>() + q0 * sign_bytes(HW));
       }
@@ -498,7 +528,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_br
   }
   // Per plane: the four c-weighted parameter sums.
   std::vector<double> part(static_cast<size_t>(planes * 4), 0.0);
-  const PlaneGroups groups(planes, HW);
+  const PlaneGroups groups(planes, HW, own_fft(u.scalar_type(), H, W));
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), kBwd, [&] {
     const GateParams<scalar_t> p(amp_w, amp_b, pha_w, pha_b);
     const scalar_t* ggp = gg.const_data_ptr<scalar_t>();
@@ -529,7 +559,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_br
           for (int64_t q = 0; q < nq; ++q)
             gate_forward_chunk<scalar_t>(up + 2 * q * plane_len, yp + 2 * q * plane_len, plane_len,
                                          p, (q0 + q) % h);
-          at::fft_irfft2_out(y, Y, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
+          inverse_spectrum(y, Y, H, W);
           for (int64_t q = 0; q < nq; ++q) {
             const scalar_t* a = ggp + (q0 + q) * HW;
             const scalar_t m = gmp[q0 + q] * inv;
@@ -547,7 +577,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_br
           gate_backward_chunk<scalar_t>(gyp + 2 * q * plane_len, up + 2 * q * plane_len, cw.data(),
                                         plane_len, p, (q0 + q) % h, part.data() + (q0 + q) * 4);
         at::Tensor guq = gu3.narrow(0, q0, nq);
-        at::fft_irfft2_out(guq, GY, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
+        inverse_spectrum(guq, GY, H, W);
       }
     });
     // Per channel, samples in order.
