@@ -10,6 +10,7 @@ are available, else "torch". The environment variable ADAPTIR_BACKEND overrides 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -22,6 +23,7 @@ CHOICES = ("auto",) + BACKENDS
 OPERATORS = ("project_in", "local_branch", "global_branch", "combine_out")
 
 
+@functools.lru_cache(maxsize=None)
 def triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
@@ -30,14 +32,24 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+_cpp_found = False
+
+
 def cpp_available() -> bool:
-    """True when the extension is built and registers every operator's CPU kernel."""
+    """True when the extension is built and registers every operator's CPU kernel.
+
+    A positive answer is kept (a loaded extension stays loaded): the check costs about
+    0.1 ms per call, paid by every adapter call otherwise."""
+    global _cpp_found
+    if _cpp_found:
+        return True
     from . import _ext
 
     if not _ext.available():
         return False
     ns = torch.ops.adaptir_cpp
-    return all(hasattr(ns, op) and hasattr(ns, op + "_backward") for op in OPERATORS)
+    _cpp_found = all(hasattr(ns, op) and hasattr(ns, op + "_backward") for op in OPERATORS)
+    return _cpp_found
 
 
 def available_backends(device: torch.device | str) -> list[str]:

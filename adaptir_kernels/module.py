@@ -168,11 +168,14 @@ class AdaptIR(ReferenceAdaptIR):
         if any(t.dtype != cdt for t in params):
             params = [t.to(cdt) for t in params]
 
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            out, mean, var = _AdaptIRChain.apply(
-                x.contiguous(), bn.running_mean.to(cdt), bn.running_var.to(cdt),
-                training, float(bn.eps), self.layout, H, W, backend, self._chain_views, *params,
-            )
+        args = (x.contiguous(), bn.running_mean.to(cdt), bn.running_var.to(cdt),
+                training, float(bn.eps), self.layout, H, W, backend, self._chain_views, *params)
+        if torch.is_autocast_enabled(x.device.type):
+            # The kernels read and write x's dtype and compute in float32 themselves.
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out, mean, var = _AdaptIRChain.apply(*args)
+        else:
+            out, mean, var = _AdaptIRChain.apply(*args)
         if bn.training and bn.track_running_stats:
             self._update_running_stats(mean, var, n * H * W)
         return out
@@ -207,6 +210,8 @@ class AdaptIR(ReferenceAdaptIR):
         bn = self.BN
         bn.num_batches_tracked.add_(1)
         factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        buffers = (bn.running_mean, bn.running_var)
         unbiased = var * (count / (count - 1))
-        bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)
-        bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
+        # BatchNorm2d's update, (1 - f) * running + f * batch, in two calls for both buffers.
+        torch._foreach_mul_(buffers, 1 - factor)
+        torch._foreach_add_(buffers, (mean.to(buffers[0].dtype), unbiased.to(buffers[1].dtype)), alpha=factor)
