@@ -84,7 +84,7 @@ class _AdaptIRChain(torch.autograd.Function):
          pha_w, pha_b, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
          ci1_w, ci1_b, ci3_w, ci3_b, tail_w) = _viewed(params, views)
         # project_in's u, as it defines it (train and eval): the BN affine of xhat.
-        u = torch.addcmul(bn_b[:, None, None], xhat, bn_w[:, None, None])
+        u = torch.addcmul(bn_b.view(-1, 1, 1), xhat, bn_w.view(-1, 1, 1))
         loc, sg = local_branch(u, conv_A, conv_B, conv_bias, si_w, si_b, backend)
         g_l, g_g, g_sg, g_cg, g_cs, g_tail = combine_out_backward(
             grad_out.contiguous(), loc, g, sg, cg, cs, tail_w, layout, backend)
@@ -96,8 +96,7 @@ class _AdaptIRChain(torch.autograd.Function):
             g_g, g_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b, backend)
         gu_local, g_A, g_B, g_cbias, g_siw, g_sib = local_branch_backward(
             g_l, g_sg, u, conv_A, conv_B, conv_bias, si_w, si_b, backend)
-        grad_u = torch.add(gu_global, gu_local)
-        grad_u.add_(gu_router)
+        grad_u = gu_global.add_(gu_local).add_(gu_router)  # gu_global is the op's own output
         g_x, g_hw, g_hb, g_bnw, g_bnb = project_in_backward(
             grad_u, x, xhat, head_w, bn_w, var, training, eps, layout, H, W, backend)
         grads = (g_hw, g_hb, g_bnw, g_bnb, g_A, g_B, g_cbias, g_siw, g_sib, g_aw, g_ab, g_pw, g_pb,
@@ -168,7 +167,10 @@ class AdaptIR(ReferenceAdaptIR):
         if any(t.dtype != cdt for t in params):
             params = [t.to(cdt) for t in params]
 
-        args = (x.contiguous(), bn.running_mean.to(cdt), bn.running_var.to(cdt),
+        running_mean, running_var = bn.running_mean, bn.running_var
+        if running_mean.dtype != cdt:
+            running_mean, running_var = running_mean.to(cdt), running_var.to(cdt)
+        args = (x.contiguous(), running_mean, running_var,
                 training, float(bn.eps), self.layout, H, W, backend, self._chain_views, *params)
         if torch.is_autocast_enabled(x.device.type):
             # The kernels read and write x's dtype and compute in float32 themselves.
@@ -210,8 +212,11 @@ class AdaptIR(ReferenceAdaptIR):
         bn = self.BN
         bn.num_batches_tracked.add_(1)
         factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        buffers = (bn.running_mean, bn.running_var)
-        unbiased = var * (count / (count - 1))
-        # BatchNorm2d's update, (1 - f) * running + f * batch, in two calls for both buffers.
-        torch._foreach_mul_(buffers, 1 - factor)
-        torch._foreach_add_(buffers, (mean.to(buffers[0].dtype), unbiased.to(buffers[1].dtype)), alpha=factor)
+        running_mean, running_var = bn.running_mean, bn.running_var
+        if mean.dtype != running_mean.dtype:
+            mean, var = mean.to(running_mean.dtype), var.to(running_var.dtype)
+        # BatchNorm2d's update, (1 - f) * running + f * batch (the variance unbiased), as
+        # two in-place ops repeated: inside a training step each new kind of small op costs
+        # tens of microseconds the first time (its code is out of the caches), a repeat a few.
+        running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+        running_var.mul_(1 - factor).add_(var, alpha=factor * count / (count - 1))
