@@ -194,21 +194,25 @@ struct Scratch {
   }
 };
 
-Scratch& scratch() {
+// This thread's scratch, fitted to (H, W).
+struct Work {
+  vf* X;       // H * W
+  cv* S;       // H * (W / 2 + 1)
+  cv* line;    // max(H, W)
+  cv* line2;   // max(H, W)
+};
+
+Work scratch(int64_t H, int64_t W) {
   thread_local Scratch s;
-  return s;
+  s.fit(H, W);
+  return {s.real.data, s.spec.data, s.line.data, s.line2.data};
 }
 
 // Up to eight planes (lanes) of the forward transform.
 void rfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, const Plan& ph,
                  const Plan& pw) {
   const int64_t HW = H * W, wf = W / 2 + 1, HWf = H * wf;
-  Scratch& sc = scratch();
-  sc.fit(H, W);
-  vf* X = sc.real.data;
-  cv* S = sc.spec.data;
-  cv* line = sc.line.data;
-  cv* line2 = sc.line2.data;
+  const auto [X, S, line, line2] = scratch(H, W);
   const vf zero = splat(0.0f);
   // Planes -> lanes.
   int64_t i = 0;
@@ -277,12 +281,7 @@ void rfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, c
 void irfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, const Plan& ph,
                   const Plan& pw) {
   const int64_t HW = H * W, wf = W / 2 + 1, HWf = H * wf;
-  Scratch& sc = scratch();
-  sc.fit(H, W);
-  vf* X = sc.real.data;
-  cv* S = sc.spec.data;
-  cv* line = sc.line.data;
-  cv* line2 = sc.line2.data;
+  const auto [X, S, line, line2] = scratch(H, W);
   const vf zero = splat(0.0f);
   // Planes -> lanes.
   int64_t b = 0;

@@ -8,6 +8,8 @@
 #include "cpu/project_in.h"
 #include "cpu/skinny_gemm.h"
 
+#include "tests/expect.h"
+
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -18,15 +20,7 @@
 
 namespace {
 
-int failures = 0;
-
-#define EXPECT(cond)                                                                   \
-  do {                                                                                 \
-    if (!(cond)) {                                                                     \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);    \
-      ++failures;                                                                      \
-    }                                                                                  \
-  } while (0)
+using adaptir_test::failures;
 
 #define EXPECT_CLOSE(a, b, tol)                                                                 \
   do {                                                                                          \
@@ -325,10 +319,5 @@ int main() {
   test_global_branch();
   test_combine_out();
   test_dispatcher();
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  std::printf("fused ops: all checks passed\n");
-  return 0;
+  return adaptir_test::finish("fused ops");
 }

@@ -4,6 +4,8 @@
 // supported() rule.
 #include "cpu/small_fft.h"
 
+#include "tests/expect.h"
+
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -19,15 +21,7 @@ namespace {
 
 namespace fft = adaptir::cpu::fft;
 
-int failures = 0;
-
-#define EXPECT(cond)                                                                \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                                   \
-    }                                                                               \
-  } while (0)
+using adaptir_test::failures;
 
 using Fn = void (*)(const float*, float*, int64_t, int64_t, int64_t);
 
@@ -108,10 +102,5 @@ void test_transforms() {
 int main() {
   test_supported();
   test_transforms();
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  std::printf("all small_fft checks passed\n");
-  return 0;
+  return adaptir_test::finish("small_fft");
 }

@@ -3,6 +3,8 @@
 // against central finite differences.
 #include "cpu/spectral_gate.h"
 
+#include "tests/expect.h"
+
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -12,15 +14,7 @@
 
 namespace {
 
-int failures = 0;
-
-#define EXPECT(cond)                                                    \
-  do {                                                                 \
-    if (!(cond)) {                                                     \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                      \
-    }                                                                  \
-  } while (0)
+using adaptir_test::failures;
 
 #define EXPECT_NEAR(a, b, tol)                                                              \
   do {                                                                                     \
@@ -153,10 +147,5 @@ int main() {
   test_dispatcher_route();
   test_errors();
   test_finite_differences();
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  std::printf("spectral_gate: all checks passed\n");
-  return 0;
+  return adaptir_test::finish("spectral_gate");
 }
