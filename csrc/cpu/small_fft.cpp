@@ -41,7 +41,13 @@ struct OwnedPlan {
 }  // namespace
 
 bool supported(int64_t H, int64_t W) {
-  auto ok = [](int64_t n) { return n >= 1 && n <= kMaxSide && (n == 1 || !radices(n).empty()); };
+  // Checked by every global_branch call for each plane group: plain divisions, no plan.
+  auto ok = [](int64_t n) {
+    if (n < 1 || n > kMaxSide) return false;
+    for (int64_t p : {2, 3, 5})
+      while (n % p == 0) n /= p;
+    return n == 1;
+  };
   return ok(H) && ok(W);
 }
 
