@@ -10,7 +10,6 @@ are available, else "torch". The environment variable ADAPTIR_BACKEND overrides 
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -23,9 +22,13 @@ CHOICES = ("auto",) + BACKENDS
 OPERATORS = ("project_in", "local_branch", "global_branch", "combine_out")
 
 
-@functools.lru_cache(maxsize=None)
+# Looked up once at import: torch.compile traces resolve_backend, and dynamo refuses to
+# trace importlib's find_spec (a graph break, an error under fullgraph=True).
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
 def triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_FOUND
 
 
 def triton_interpreting() -> bool:

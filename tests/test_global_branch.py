@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from adaptir_kernels.ops import global_branch as op
+from helpers import assert_close_rel
 from op_cases import OP_SHAPES, OpCase, backend_params, randn, run_autograd, run_case
 
 
@@ -122,11 +123,12 @@ def test_signs_kept_by_the_forward(backend, shape):
     recomputed = op.global_branch_backward(gg, ggm, u, g, op.no_signs(u), *p, backend)
     for a, b in zip(with_signs, recomputed):
         assert torch.equal(a, b)
-    # torch's composite reads the same signs the same way
+    # torch's composite on the CPU reads the same signs the same way (to the gradient
+    # tolerance of SPEC section 6: the FFTs differ between devices and backends)
     via_torch = op.global_branch_backward(gg.cpu(), ggm.cpu(), u.cpu(), g.cpu(), sign.cpu(),
                                           *[t.cpu() for t in p], "torch")
-    for a, b in zip(with_signs, via_torch):
-        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
+    for i, (a, b) in enumerate(zip(with_signs, via_torch)):
+        assert_close_rel(a.cpu(), b, 1e-4, name=f"gradient {i}")
 
 
 @pytest.mark.parametrize("backend", backend_params())

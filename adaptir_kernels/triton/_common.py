@@ -38,7 +38,7 @@ PROJ_FWD_CONFIGS = {
 PROJ_BWD_CONFIGS = {
     16: dict(BK=32, RS=16, num_warps=4),
     32: dict(BK=32, RS=16, num_warps=8),
-    64: dict(BK=32, RS=16, num_warps=8),
+    64: dict(BK=16, RS=16, num_warps=8),
 }
 #   combine_out forward: BM pixels of one sample per program, C written in chunks of BK.
 COMB_FWD_CONFIGS = {
@@ -63,14 +63,14 @@ HROW_CONFIGS = {
 }
 # Per-pixel kernels on (N, h, H, W) planes (local branch): a tile of BH channels x BP
 # pixels, 8 values per thread (nine shifted loads of the tile are in flight at once);
-# the backward tap kernel, which also keeps grad_lt and the partial sums, 4 per thread.
+# the backward tap kernel, which also keeps grad_lt and the partial sums, 2 to 4 per thread.
 PIXEL_CONFIGS = {
     16: dict(BP=64, num_warps=4),
     32: dict(BP=32, num_warps=4),
     64: dict(BP=16, num_warps=4),
 }
 PIXEL_BWD_CONFIGS = {
-    16: dict(BP=32, num_warps=4),
+    16: dict(BP=32, num_warps=8),
     32: dict(BP=16, num_warps=4),
     64: dict(BP=8, num_warps=4),
 }

@@ -4,7 +4,8 @@ real GPU targets, without a GPU.
 Triton's interpreter accepts code that the GPU compiler rejects, so the CPU test suite
 also builds each kernel down to a cubin with `triton.compile(ASTSource(...),
 target=GPUTarget("cuda", cap, 32))` and reads the resource usage of the result
-(registers, stack, local memory: spilled registers show up as local memory).
+(registers, stack, local memory: spilled registers show up as local memory). Each kernel
+is also built once with its integer arguments equal to 1, as the JIT specialises them.
 
 Run it in a process whose environment lacks TRITON_INTERPRET (the interpreter replaces
 @triton.jit functions with Python ones):
@@ -38,6 +39,26 @@ def specs():
         out.extend(mod.compile_specs())
     out.extend(_common.colsum_compile_specs())
     return out
+
+
+def ones_specs():
+    """Each kernel once more with every integer scalar argument equal to 1. The JIT compiles
+    a call whose integer argument is 1 with that argument as the constant 1 (a Python int
+    inside the kernel, as for N = 1 or H = W = 1), so code that treats it as a tensor,
+    such as `HW.to(tl.float32)`, fails only then."""
+    seen, out = set(), []
+    for name, fn, signature, constexprs, options in specs():
+        ints = [k for k, v in signature.items() if v in ("i32", "i64")]
+        if fn in seen or not ints:
+            continue
+        seen.add(fn)
+        sig = {k: v for k, v in signature.items() if k not in ints}
+        out.append((name.split("[")[0] + "[ints=1]", fn, sig, {**constexprs, **{k: 1 for k in ints}}, options))
+    return out
+
+
+def all_specs():
+    return specs() + ones_specs()
 
 
 def _cuobjdump():
@@ -111,7 +132,7 @@ def compile_one(index: int, cap: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    name, fn, signature, constexprs, options = specs()[index]
+    name, fn, signature, constexprs, options = all_specs()[index]
     sig = dict(signature)
     for k in constexprs:
         sig[k] = "constexpr"
@@ -142,7 +163,7 @@ def compile_one(index: int, cap: int) -> dict:
 
 
 def run(caps=(80, 90), jobs=2):
-    n = len(specs())
+    n = len(all_specs())
     tasks = [(i, cap) for cap in caps for i in range(n)]
     if jobs <= 1:
         return [compile_one(i, cap) for i, cap in tasks]

@@ -43,7 +43,7 @@ def _abs_mean_kernel(y_ptr, g_ptr, gmean_ptr, sign_ptr, HW, NB, BLOCK: tl.conste
         packed = tl.sum(neg * weights[None, :], axis=1)
         b = s0 // 8 + tl.arange(0, BLOCK // 8)
         tl.store(sign_ptr + plane * NB + b, packed.to(tl.uint8), mask=b < NB)
-    tl.store(gmean_ptr + plane, tl.sum(acc, axis=0) / HW.to(tl.float32))
+    tl.store(gmean_ptr + plane, tl.sum(acc, axis=0) / tl.cast(HW, tl.float32))
 
 
 @triton.jit
@@ -51,7 +51,7 @@ def _sign_kernel(gg_ptr, ggm_ptr, y_ptr, out_ptr, total, HW, BLOCK: tl.constexpr
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < total
     y = tl.load(y_ptr + i, mask=m, other=0.0)
-    gy = tl.load(gg_ptr + i, mask=m, other=0.0) + tl.load(ggm_ptr + i // HW, mask=m, other=0.0) / HW.to(tl.float32)
+    gy = tl.load(gg_ptr + i, mask=m, other=0.0) + tl.load(ggm_ptr + i // HW, mask=m, other=0.0) / tl.cast(HW, tl.float32)
     sgn = tl.where(y > 0.0, 1.0, tl.where(y < 0.0, -1.0, 0.0))
     tl.store(out_ptr + i, gy * sgn, mask=m)
 
@@ -67,7 +67,7 @@ def _sign_bits_kernel(gg_ptr, ggm_ptr, g_ptr, sign_ptr, out_ptr, total, HW, NB, 
     byte = tl.load(sign_ptr + plane * NB + e // 8, mask=m, other=0).to(tl.int32)
     bit = (byte >> (e % 8).to(tl.int32)) & 1
     g = tl.load(g_ptr + i, mask=m, other=0.0)
-    gy = tl.load(gg_ptr + i, mask=m, other=0.0) + tl.load(ggm_ptr + plane, mask=m, other=0.0) / HW.to(tl.float32)
+    gy = tl.load(gg_ptr + i, mask=m, other=0.0) + tl.load(ggm_ptr + plane, mask=m, other=0.0) / tl.cast(HW, tl.float32)
     sgn = tl.where(g > 0.0, tl.where(bit != 0, -1.0, 1.0), 0.0)
     tl.store(out_ptr + i, gy * sgn, mask=m)
 

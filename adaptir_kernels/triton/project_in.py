@@ -161,7 +161,7 @@ def _bwd_kernel(x_ptr, w_ptr, gu_ptr, xhat_ptr, gx_ptr, pw_ptr, gbias_ptr,
     gbw = tl.load(gbw_ptr + ch, mask=hmask, other=0.0)
     scale = tl.load(bnw_ptr + ch, mask=hmask, other=0.0) * tl.rsqrt(tl.load(var_ptr + ch, mask=hmask, other=1.0) + eps)
     if train != 0:
-        inv_m = 1.0 / R.to(tl.float32)
+        inv_m = 1.0 / tl.cast(R, tl.float32)
         cb = -scale * gbw * inv_m
         cc = -scale * gbb * inv_m
     else:
@@ -170,7 +170,7 @@ def _bwd_kernel(x_ptr, w_ptr, gu_ptr, xhat_ptr, gx_ptr, pw_ptr, gbias_ptr,
     if (g == 0) & (kc == 0):
         # grad_bias = sum_rows grad_z = scale * gbb + cb * sum(xhat) + cc * R.
         sxh = tl.load(sxh_ptr + ch, mask=hmask, other=0.0)
-        tl.store(gbias_ptr + ch, scale * gbb + cb * sxh + cc * R.to(tl.float32), mask=hmask)
+        tl.store(gbias_ptr + ch, scale * gbb + cb * sxh + cc * tl.cast(R, tl.float32), mask=hmask)
     kk = kc * BK + tl.arange(0, BK)
     kmask = kk < C
     wt = tl.load(w_ptr + ch[:, None] * C + kk[None, :], mask=hmask[:, None] & kmask[None, :], other=0.0)
