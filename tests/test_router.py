@@ -34,3 +34,18 @@ def test_opcheck():
     args = [t.float() for t in case.inputs]
     torch.library.opcheck(op.router, (*args, "torch"))
     torch.library.opcheck(op.router_backward, (torch.randn(2, 12), torch.randn(2, 12), *args, "torch"))
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("widths", [(16, 8, 4), (24, 12, 2), (40, 20, 13), (64, 32, 32), (20, 40, 5)], ids=str)
+def test_parity_at_block_widths(backend, widths):
+    """Hidden widths at and between the padded blocks (16, 32, 64), MLP widths up to the
+    Triton kernels' 32 and past it (p = 40: the composite runs), and more pixels than one
+    tile holds (13 x 11 = 143)."""
+    h, p, q = widths
+    run_case(make_case(2, 13, 11, h=h, p=p, q=q, seed=3), backend)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_parity_single_pixel(backend):
+    run_case(make_case(1, 1, 1, seed=4), backend)

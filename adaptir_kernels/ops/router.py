@@ -1,9 +1,9 @@
 """router: the per-sample channel score cs and channel gate cg.
 
 Tiny (per-sample vectors plus one h-wide reduction). The plain-torch composite below
-serves the "torch" and "triton" backends; "cpp" has its own kernels
-(csrc/cpu/router.cpp), since at small sizes the composite's ~90 ATen calls per
-forward+backward cost more than the work.
+serves the "torch" backend; "cpp" (csrc/cpu/router.cpp) and "triton"
+(adaptir_kernels/triton/router.py) have their own kernels, since at small sizes the
+composite's ~65 ATen calls per forward+backward cost more than the work.
 
 Signature (tensors in the compute dtype):
     forward(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
@@ -100,7 +100,7 @@ def backward_torch(grad_cs, grad_cg, u, compress_w, compress_b, proj0_w, proj0_b
             grad_proj2_w, grad_proj2_b, grad_ci1_w, grad_ci1_b, grad_ci3_w, grad_ci3_b)
 
 
-TABLE = BackendTable("router", (forward_torch, backward_torch), compiled=("cpp",))
+TABLE = BackendTable("router", (forward_torch, backward_torch))
 
 
 @torch.library.custom_op("adaptir::router", mutates_args=())

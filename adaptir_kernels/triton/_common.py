@@ -74,6 +74,13 @@ PIXEL_BWD_CONFIGS = {
     32: dict(BP=16, num_warps=4),
     64: dict(BP=8, num_warps=4),
 }
+# Router (one program per sample): tiles of BH channels x BP pixels; software pipelining
+# of its three loops over u only costs registers.
+ROUTER_CONFIGS = {
+    16: dict(BP=128, num_warps=4, num_stages=1),
+    32: dict(BP=64, num_warps=4, num_stages=1),
+    64: dict(BP=32, num_warps=4, num_stages=1),
+}
 # Flat elementwise kernels (spectral gate, abs/mean, sign step).
 FLAT_CONFIG = dict(BLOCK=512, num_warps=4)
 # Column reduction of partial sums.
@@ -191,13 +198,13 @@ def sigmoid(x):
 
 
 @triton.jit
-def _colsum_kernel(part_ptr, M, K,
+def _colsum_kernel(part_ptr, M, K, LD,
                    out0, out1, out2, out3, out4,
                    end0, end1, end2, end3,
                    BR: tl.constexpr, BK: tl.constexpr):
-    """out = part.sum(0) for a contiguous (M, K) float32 matrix of partial sums, rows summed
-    in a fixed order (deterministic), columns split into up to five output tensors:
-    column k goes to out_s[k - end_{s-1}] for end_{s-1} <= k < end_s (end_4 = K)."""
+    """out = part.sum(0) for an (M, K) float32 matrix of partial sums (rows LD apart),
+    rows summed in a fixed order (deterministic), columns split into up to five output
+    tensors: column k goes to out_s[k - end_{s-1}] for end_{s-1} <= k < end_s (end_4 = K)."""
     pid = tl.program_id(0).to(tl.int64)
     cols = pid * BK + tl.arange(0, BK)
     cmask = cols < K
@@ -205,7 +212,7 @@ def _colsum_kernel(part_ptr, M, K,
     acc = tl.zeros((BR, BK), dtype=tl.float32)
     for r0 in range(0, M, BR):
         rr = r0 + rows
-        acc += tl.load(part_ptr + rr[:, None] * K + cols[None, :],
+        acc += tl.load(part_ptr + rr[:, None] * LD + cols[None, :],
                        mask=(rr[:, None] < M) & cmask[None, :], other=0.0)
     tot = tl.sum(acc, axis=0)
     tl.store(out0 + cols, tot, mask=cols < end0)
@@ -215,12 +222,15 @@ def _colsum_kernel(part_ptr, M, K,
     tl.store(out4 + (cols - end3), tot, mask=(cols >= end3) & cmask)
 
 
-def colsum(part: torch.Tensor, outs) -> None:
-    """Sum the rows of `part` (M, K) into the tensors `outs` (float32, contiguous, their
-    numels adding up to K, in column order)."""
-    M, K = part.shape
+def colsum(part: torch.Tensor, outs, start: int = 0) -> None:
+    """Sum the rows of `part` (M, K), from column `start` on, into the tensors `outs`
+    (float32, contiguous, in column order; their numels add up to K - start)."""
+    M, ld = part.shape
+    assert part.stride(1) == 1 and part.stride(0) == ld
     outs = list(outs)
-    assert 1 <= len(outs) <= COLSUM_SEGMENTS and sum(o.numel() for o in outs) == K
+    K = sum(o.numel() for o in outs)
+    assert 1 <= len(outs) <= COLSUM_SEGMENTS and start + K <= ld
+    part = part[:, start:] if start else part
     ends = []
     acc = 0
     for o in outs:
@@ -231,11 +241,11 @@ def colsum(part: torch.Tensor, outs) -> None:
         ends.append(K)
     cfg = COLSUM_CONFIG
     grid = (triton.cdiv(K, cfg["BK"]),)
-    _colsum_kernel[grid](part, M, K, *outs, *ends[:4], BR=cfg["BR"], BK=cfg["BK"], **opts(cfg))
+    _colsum_kernel[grid](part, M, K, ld, *outs, *ends[:4], BR=cfg["BR"], BK=cfg["BK"], **opts(cfg))
 
 
 def colsum_compile_specs():
-    sig = {"part_ptr": "*fp32", "M": "i32", "K": "i32"}
+    sig = {"part_ptr": "*fp32", "M": "i32", "K": "i32", "LD": "i32"}
     sig.update({f"out{i}": "*fp32" for i in range(COLSUM_SEGMENTS)})
     sig.update({f"end{i}": "i32" for i in range(COLSUM_SEGMENTS - 1)})
     cfg = COLSUM_CONFIG

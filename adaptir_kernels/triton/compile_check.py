@@ -32,10 +32,10 @@ from concurrent.futures import ProcessPoolExecutor
 def specs():
     """(name, jit function, signature, constexprs, compiler options) for every kernel and every
     configuration its launcher can pick (the tables in _common.py)."""
-    from . import _common, combine_out, global_branch, local_branch, project_in, spectral_gate
+    from . import _common, combine_out, global_branch, local_branch, project_in, router, spectral_gate
 
     out = []
-    for mod in (project_in, local_branch, spectral_gate, global_branch, combine_out):
+    for mod in (project_in, local_branch, spectral_gate, global_branch, router, combine_out):
         out.extend(mod.compile_specs())
     out.extend(_common.colsum_compile_specs())
     return out

@@ -1,0 +1,258 @@
+"""router in Triton: one program per sample, one launch forward and one (plus the column
+sum of the parameter-gradient partials) backward. Signature and math:
+adaptir_kernels/ops/router.py.
+
+The work is tiny (an h x H*W reduction and two MLPs on h-wide vectors per sample); the
+composite costs about 15 ATen calls forward and 50 backward, each of which a GPU host
+has to issue. Here:
+
+Forward (`_fwd_kernel`): scores s_p = compress_w . u_p + compress_b over the sample's
+    pixels, softmax, pooled = sum_p a_p u_p (two passes over u: the maximum, then the
+    exponentials and the pooled sum), cs = proj2(gelu(proj0(pooled))) and
+    cg = sigmoid(ci3(gelu(ci1(gmean)))).
+Backward (`_bwd_kernel`): the same recomputed, then the MLP gradients, grad_s =
+    a * (grad_pooled . u - grad_pooled . pooled), grad_u = grad_pooled a + compress_w
+    grad_s written once (a third pass over u), and every parameter gradient as one row of
+    per-sample partials, summed in a fixed order by `_common.colsum` (two launches of
+    five outputs each).
+
+The two MLP widths (proj_hidden, ci_hidden) are padded to one block BJ of at most
+MAX_J; wider adapters use the composite.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..ops.router import backward_torch, forward_torch
+from . import _common as cm
+
+MAX_J = 32  # the presets give at most hidden / 2 = 32
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+
+@triton.jit
+def _gelu(t):
+    return 0.5 * t * (1.0 + tl.math.erf(t * _SQRT1_2))
+
+
+@triton.jit
+def _gelu_grad(t):
+    return 0.5 * (1.0 + tl.math.erf(t * _SQRT1_2)) + t * tl.exp(-0.5 * t * t) * _INV_SQRT_2PI
+
+
+@triton.jit
+def _tile(u_ptr, base, P, p0, c, cmask, BP: tl.constexpr):
+    p = p0 + tl.arange(0, BP)
+    pm = p < P
+    ut = tl.load(u_ptr + base + c[:, None] * P + p[None, :], mask=cmask[:, None] & pm[None, :], other=0.0)
+    return p, pm, ut
+
+
+@triton.jit
+def _softmax_pool(u_ptr, base, P, cw, cb, c, cmask, BH: tl.constexpr, BP: tl.constexpr):
+    """(max score, sum of exp(score - max), pooled) for one sample."""
+    mx = tl.full((BP,), float("-inf"), tl.float32)
+    for p0 in range(0, P, BP):
+        p, pm, ut = _tile(u_ptr, base, P, p0, c, cmask, BP)
+        sc = tl.sum(ut * cw[:, None], axis=0) + cb
+        mx = tl.maximum(mx, tl.where(pm, sc, float("-inf")))
+    m = tl.max(mx, axis=0)
+    ssum = tl.zeros((BP,), tl.float32)
+    pooled = tl.zeros((BH,), tl.float32)
+    for p0 in range(0, P, BP):
+        p, pm, ut = _tile(u_ptr, base, P, p0, c, cmask, BP)
+        sc = tl.sum(ut * cw[:, None], axis=0) + cb
+        e = tl.where(pm, tl.exp(sc - m), 0.0)
+        ssum += e
+        pooled += tl.sum(ut * e[None, :], axis=1)
+    s = tl.sum(ssum, axis=0)
+    return m, s, pooled / s
+
+
+@triton.jit
+def _fwd_kernel(u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_ptr, p2b_ptr, gm_ptr,
+                c1w_ptr, c1b_ptr, c3w_ptr, c3b_ptr, cs_ptr, cg_ptr, h, P, PH, Q,
+                BH: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, BH)
+    cmask = c < h
+    j = tl.arange(0, BJ)
+    jp = j < PH
+    jq = j < Q
+    cw = tl.load(cw_ptr + c, mask=cmask, other=0.0)
+    cb = tl.load(cb_ptr)
+    m, s, pooled = _softmax_pool(u_ptr, n * h * P, P, cw, cb, c, cmask, BH, BP)
+    w0 = tl.load(p0w_ptr + j[:, None] * h + c[None, :], mask=jp[:, None] & cmask[None, :], other=0.0)
+    hid = tl.sum(w0 * pooled[None, :], axis=1) + tl.load(p0b_ptr + j, mask=jp, other=0.0)
+    w2 = tl.load(p2w_ptr + c[:, None] * PH + j[None, :], mask=cmask[:, None] & jp[None, :], other=0.0)
+    cs = tl.sum(w2 * _gelu(hid)[None, :], axis=1) + tl.load(p2b_ptr + c, mask=cmask, other=0.0)
+    gm = tl.load(gm_ptr + n * h + c, mask=cmask, other=0.0)
+    w1 = tl.load(c1w_ptr + j[:, None] * h + c[None, :], mask=jq[:, None] & cmask[None, :], other=0.0)
+    t = tl.sum(w1 * gm[None, :], axis=1) + tl.load(c1b_ptr + j, mask=jq, other=0.0)
+    w3 = tl.load(c3w_ptr + c[:, None] * Q + j[None, :], mask=cmask[:, None] & jq[None, :], other=0.0)
+    o = tl.sum(w3 * _gelu(t)[None, :], axis=1) + tl.load(c3b_ptr + c, mask=cmask, other=0.0)
+    tl.store(cs_ptr + n * h + c, cs, mask=cmask)
+    tl.store(cg_ptr + n * h + c, cm.sigmoid(o), mask=cmask)
+
+
+@triton.jit
+def _bwd_kernel(gcs_ptr, gcg_ptr, u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_ptr, p2b_ptr, gm_ptr,
+                c1w_ptr, c1b_ptr, c3w_ptr, c3b_ptr, gu_ptr, ggm_ptr, part_ptr, h, P, PH, Q, K,
+                BH: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr):
+    """grad_u and grad_gmean of one sample; its parameter-gradient partials as row n of
+    part (K columns: compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, ci1_w,
+    ci1_b, ci3_w, ci3_b, each flattened)."""
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, BH)
+    cmask = c < h
+    j = tl.arange(0, BJ)
+    jp = j < PH
+    jq = j < Q
+    o_cb = h
+    o_p0w = o_cb + 1
+    o_p0b = o_p0w + PH * h
+    o_p2w = o_p0b + PH
+    o_p2b = o_p2w + h * PH
+    o_c1w = o_p2b + h
+    o_c1b = o_c1w + Q * h
+    o_c3w = o_c1b + Q
+    o_c3b = o_c3w + h * Q
+    part = part_ptr + n * K
+    base = n * h * P
+    cw = tl.load(cw_ptr + c, mask=cmask, other=0.0)
+    cb = tl.load(cb_ptr)
+    m, s, pooled = _softmax_pool(u_ptr, base, P, cw, cb, c, cmask, BH, BP)
+    # cs = proj2(gelu(proj0(pooled)))
+    pmask = jp[:, None] & cmask[None, :]
+    w0 = tl.load(p0w_ptr + j[:, None] * h + c[None, :], mask=pmask, other=0.0)
+    hid = tl.sum(w0 * pooled[None, :], axis=1) + tl.load(p0b_ptr + j, mask=jp, other=0.0)
+    gcs = tl.load(gcs_ptr + n * h + c, mask=cmask, other=0.0)
+    tmask = cmask[:, None] & jp[None, :]
+    tl.store(part + o_p2w + c[:, None] * PH + j[None, :], gcs[:, None] * _gelu(hid)[None, :], mask=tmask)
+    tl.store(part + o_p2b + c, gcs, mask=cmask)
+    w2 = tl.load(p2w_ptr + c[:, None] * PH + j[None, :], mask=tmask, other=0.0)
+    ghid = tl.sum(w2 * gcs[:, None], axis=0) * _gelu_grad(hid)
+    tl.store(part + o_p0w + j[:, None] * h + c[None, :], ghid[:, None] * pooled[None, :], mask=pmask)
+    tl.store(part + o_p0b + j, ghid, mask=jp)
+    # w0 loaded again (from the cache) rather than kept live across the w2 tile
+    gpool = tl.sum(tl.load(p0w_ptr + j[:, None] * h + c[None, :], mask=pmask, other=0.0) * ghid[:, None], axis=0)
+    # pooled = sum_p a_p u_p, a = softmax(compress_w . u + compress_b):
+    # grad_s_p = a_p (gpool . u_p - sum_q a_q gpool . u_q), the sum being gpool . pooled
+    dot = tl.sum(gpool * pooled, axis=0)
+    inv_s = 1.0 / s
+    gcw = tl.zeros((BH,), tl.float32)
+    gcb = tl.zeros((BP,), tl.float32)
+    for p0 in range(0, P, BP):
+        p, pm, ut = _tile(u_ptr, base, P, p0, c, cmask, BP)
+        sc = tl.sum(ut * cw[:, None], axis=0) + cb
+        a = tl.where(pm, tl.exp(sc - m) * inv_s, 0.0)
+        gs = a * (tl.sum(ut * gpool[:, None], axis=0) - dot)
+        gu = gpool[:, None] * a[None, :] + cw[:, None] * gs[None, :]
+        tl.store(gu_ptr + base + c[:, None] * P + p[None, :], gu, mask=cmask[:, None] & pm[None, :])
+        gcw += tl.sum(ut * gs[None, :], axis=1)
+        gcb += gs
+    tl.store(part + c, gcw, mask=cmask)
+    tl.store(part + o_cb, tl.sum(gcb, axis=0))
+    # cg = sigmoid(ci3(gelu(ci1(gmean))))
+    qmask = jq[:, None] & cmask[None, :]
+    gm = tl.load(gm_ptr + n * h + c, mask=cmask, other=0.0)
+    w1 = tl.load(c1w_ptr + j[:, None] * h + c[None, :], mask=qmask, other=0.0)
+    t = tl.sum(w1 * gm[None, :], axis=1) + tl.load(c1b_ptr + j, mask=jq, other=0.0)
+    tg = _gelu(t)
+    rmask = cmask[:, None] & jq[None, :]
+    w3 = tl.load(c3w_ptr + c[:, None] * Q + j[None, :], mask=rmask, other=0.0)
+    cg = cm.sigmoid(tl.sum(w3 * tg[None, :], axis=1) + tl.load(c3b_ptr + c, mask=cmask, other=0.0))
+    go = tl.load(gcg_ptr + n * h + c, mask=cmask, other=0.0) * cg * (1.0 - cg)
+    tl.store(part + o_c3w + c[:, None] * Q + j[None, :], go[:, None] * tg[None, :], mask=rmask)
+    tl.store(part + o_c3b + c, go, mask=cmask)
+    gt = tl.sum(w3 * go[:, None], axis=0) * _gelu_grad(t)
+    tl.store(part + o_c1w + j[:, None] * h + c[None, :], gt[:, None] * gm[None, :], mask=qmask)
+    tl.store(part + o_c1b + j, gt, mask=jq)
+    w1 = tl.load(c1w_ptr + j[:, None] * h + c[None, :], mask=qmask, other=0.0)
+    tl.store(ggm_ptr + n * h + c, tl.sum(w1 * gt[:, None], axis=0), mask=cmask)
+
+
+_NAMES = ("u", "compress_w", "compress_b", "proj0_w", "proj0_b", "proj2_w", "proj2_b",
+          "gmean", "ci1_w", "ci1_b", "ci3_w", "ci3_b")
+
+
+def _config(BH, BJ):
+    """The launch-table entry, with 8 warps where the BJ x BH weight tiles are largest
+    (4 warps spill registers there)."""
+    cfg = dict(cm.ROUTER_CONFIGS[BH])
+    if BH * BJ >= 2048:
+        cfg["num_warps"] = 8
+    return cfg
+
+
+def _blocks(u, proj0_w, ci1_w):
+    """(BH, BJ, launch config), or None where the MLP widths exceed MAX_J."""
+    width = max(proj0_w.shape[0], ci1_w.shape[0])
+    if width > MAX_J:
+        return None
+    BH = cm.hidden_block(u.shape[1])
+    BJ = max(8, triton.next_power_of_2(width))
+    return BH, BJ, _config(BH, BJ)
+
+
+def forward(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean, ci1_w, ci1_b, ci3_w, ci3_b):
+    args = [cm.f32(t, name) for t, name in zip(
+        (u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean, ci1_w, ci1_b, ci3_w, ci3_b), _NAMES)]
+    blocks = _blocks(u, proj0_w, ci1_w)
+    if blocks is None:
+        return forward_torch(*args)
+    BH, BJ, cfg = blocks
+    N, h = u.shape[:2]
+    P = u.shape[2] * u.shape[3]
+    cs = cm.new((N, h), u.device)
+    cg = cm.new((N, h), u.device)
+    with cm.device_guard(u):
+        _fwd_kernel[(N,)](*args, cs, cg, h, P, proj0_w.shape[0], ci1_w.shape[0],
+                          BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
+    return cs, cg
+
+
+def backward(grad_cs, grad_cg, u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
+             gmean, ci1_w, ci1_b, ci3_w, ci3_b):
+    grads = [cm.f32(grad_cs, "grad_cs"), cm.f32(grad_cg, "grad_cg")]
+    args = [cm.f32(t, name) for t, name in zip(
+        (u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean, ci1_w, ci1_b, ci3_w, ci3_b), _NAMES)]
+    blocks = _blocks(u, proj0_w, ci1_w)
+    if blocks is None:
+        return backward_torch(*grads, *args)
+    BH, BJ, cfg = blocks
+    N, h = u.shape[:2]
+    P = u.shape[2] * u.shape[3]
+    params = args[1:7] + args[8:]
+    K = sum(t.numel() for t in params)
+    grad_u = cm.new(u.shape, u.device)
+    grad_gmean = cm.new((N, h), u.device)
+    part = cm.new((N, K), u.device)
+    pgrads = [cm.new(t.shape, u.device) for t in params]
+    with cm.device_guard(u):
+        _bwd_kernel[(N,)](*grads, *args, grad_u, grad_gmean, part, h, P, proj0_w.shape[0], ci1_w.shape[0], K,
+                          BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
+        cm.colsum(part, pgrads[:5])
+        cm.colsum(part, pgrads[5:], start=sum(t.numel() for t in params[:5]))
+    return (grad_u, grad_gmean, *pgrads)
+
+
+# ---- what the launchers can pick, for compile_check.py ------------------------------
+
+
+def compile_specs():
+    names = ["u_ptr", "cw_ptr", "cb_ptr", "p0w_ptr", "p0b_ptr", "p2w_ptr", "p2b_ptr", "gm_ptr",
+             "c1w_ptr", "c1b_ptr", "c3w_ptr", "c3b_ptr"]
+    fwd = {k: "*fp32" for k in names + ["cs_ptr", "cg_ptr"]}
+    fwd.update(h="i32", P="i32", PH="i32", Q="i32")
+    bwd = {k: "*fp32" for k in ["gcs_ptr", "gcg_ptr"] + names + ["gu_ptr", "ggm_ptr", "part_ptr"]}
+    bwd.update(h="i32", P="i32", PH="i32", Q="i32", K="i32")
+    for BH in cm.HIDDEN_BLOCKS:
+        for BJ in (8, 16, MAX_J):
+            cfg = _config(BH, BJ)
+            const = dict(BH=BH, BJ=BJ, BP=cfg["BP"])
+            yield (f"router._fwd_kernel[BH={BH},BJ={BJ}]", _fwd_kernel, fwd, const, cm.opts(cfg))
+            yield (f"router._bwd_kernel[BH={BH},BJ={BJ}]", _bwd_kernel, bwd, const, cm.opts(cfg))
