@@ -6,9 +6,10 @@
 #   benchmarks/gpu_check.sh OUTDIR
 #
 # Writes into OUTDIR: env.txt (GPU, driver, versions), pytest.log, compile_check.json,
-# bench.md + bench.json + profile.txt (benchmarks/gpu_bench.py), bench.log, summary.txt.
-# Takes about 6-8 minutes: each step runs under a time limit (PYTEST_LIMIT, BENCH_LIMIT
-# seconds, 240 and 200 by default).
+# bench.md + bench.json + profile.txt (benchmarks/gpu_bench.py), bench.log, launch_cost.json
+# + launch_cost.log (benchmarks/gpu_launch_cost.py), summary.txt.
+# Took 3.5 minutes on an H200; each step runs under a time limit (PYTEST_LIMIT, BENCH_LIMIT
+# seconds, 240 and 200 by default; 120 for the launch cost).
 #
 # Exit status: 0 when the tests passed and the benchmark ran; 1 when a test failed or
 # the benchmark failed; 2 without a usable CUDA device (a message says so, nothing is
@@ -68,6 +69,10 @@ timeout "$BENCH_LIMIT" "$PY" benchmarks/gpu_bench.py --out "$OUT" --sweep --swee
 bench_rc=$?
 [ $bench_rc -eq 124 ] && echo "gpu_check: benchmark stopped after ${BENCH_LIMIT}s (partial results in bench.md)" \
     | tee -a "$OUT/bench.log"
+
+# 3. The host's cost per launch, to read the table against.
+echo "== launch cost"
+timeout 120 "$PY" benchmarks/gpu_launch_cost.py --out "$OUT" 2>&1 | tee "$OUT/launch_cost.log"
 
 {
     echo "pytest exit status: $test_rc ($(tail -1 "$OUT/pytest.log"))"
