@@ -1,12 +1,9 @@
 """router: softmax pooling + proj MLP (cs) and the channel gate (cg). "torch" (the
-composite in ops/router.py, which the Triton backend shares) and "cpp" (its own kernels)
-are timed."""
+composite in ops/router.py) and the compiled backends' own kernels are timed."""
 
 import pytest
 
 from adaptir_kernels.ops.router import router, router_backward
-
-OP_BACKENDS = ("torch", "cpp")
 
 
 def _params(p):
