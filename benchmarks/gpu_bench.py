@@ -10,7 +10,8 @@ same run, bytes saved for backward (saved_tensors_hooks, each storage once, para
 and buffers left out), and achieved bandwidth against the SPEC 5.1 floor (the C-wide
 passes: forward 2, backward 3, forward+backward 5, at the measured copy bandwidth). Also
 a CUDA-graph replay of the fused forward+backward (the same work without CPU launch
-gaps), a kernel-time profile of one fused step, and with --sweep the per-operator times
+gaps), the wall time of forward+backward through torch.cuda.make_graphed_callables (what
+a training loop gets from CUDA graphs), a kernel-time profile of one fused step, and with --sweep the per-operator times
 of the Triton kernels at alternative launch configurations.
 
 Writes OUTDIR/bench.md, OUTDIR/bench.json and OUTDIR/profile.txt. Without CUDA it runs
@@ -196,6 +197,19 @@ def graphed_fwd_bwd(module, x, hw, grad, timer):
     with torch.cuda.graph(g):
         module(xg, hw=hw).backward(grad)
     return timer(g.replay)
+
+
+def graphed_callable_fwd_bwd(module, x, hw, grad, timer):
+    """Wall time of forward+backward through torch.cuda.make_graphed_callables, which a
+    training loop can use as it is: the host replays one graph each way instead of issuing
+    every kernel (the parameters' gradients are still accumulated outside the graphs)."""
+    if hw is not None and module.layout == "lnc" and hw[0] * hw[1] == x.shape[0] and hw[0] != hw[1]:
+        raise ValueError("make_graphed_callables passes x alone; this shape needs hw")
+    m = copy.deepcopy(module)
+    xg = x.detach().clone().requires_grad_(True)
+    graphed = torch.cuda.make_graphed_callables(m, (xg,), num_warmup_iters=3)
+    params = [p for p in m.parameters() if p.requires_grad]
+    return timer(lambda: graphed(xg).backward(grad), grad_to_none=[xg] + params)
 
 
 def profile_step(module, x, hw, grad, train, path, title):
@@ -402,6 +416,10 @@ def markdown(report):
         if graphs:
             lines.append("\nForward+backward replayed from a CUDA graph (GPU time without launch gaps): "
                          + ", ".join(f"{k} {fmt(v)} ms" for k, v in graphs.items()))
+        graphs = {k.split(":", 1)[1]: v for k, v in sr.items() if k.startswith("graphed_callable_fwd+bwd:")}
+        if graphs:
+            lines.append("\nForward+backward through torch.cuda.make_graphed_callables (wall time per step): "
+                         + ", ".join(f"{k} {fmt(v)} ms" for k, v in graphs.items()))
         if "fwd(no_grad)" in sr["impls"].get("fused-triton", {}):
             lines.append("\nForward under no_grad: " + ", ".join(
                 f"{k} {fmt(v.get('fwd(no_grad)', v.get('fwd') if k.startswith('compile:fwd') else None))} ms"
@@ -515,6 +533,13 @@ def main(argv=None) -> int:
                     except Exception as err:  # noqa: BLE001
                         sr[f"graph_fwd+bwd:{impl}"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
                     log(f"   graph replay fwd+bwd {impl}", sr[f"graph_fwd+bwd:{impl}"])
+                for impl in ("fused-triton", "eager"):
+                    try:
+                        sr[f"graphed_callable_fwd+bwd:{impl}"] = graphed_callable_fwd_bwd(mods[impl], x, hw, grad, timer)
+                    except Exception as err:  # noqa: BLE001
+                        sr[f"graphed_callable_fwd+bwd:{impl}"] = \
+                            f"error: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
+                    log(f"   make_graphed_callables fwd+bwd {impl}", sr[f"graphed_callable_fwd+bwd:{impl}"])
             if cuda:
                 try:
                     profile_step(mods["fused-triton"], x, hw, grad, spec["train"], prof_path, f"{name} fused-triton")
@@ -533,6 +558,11 @@ def main(argv=None) -> int:
             ge, gf = sr.get("graph_fwd+bwd:eager"), sr.get("graph_fwd+bwd:fused-triton")
             if isinstance(ge, float) and isinstance(gf, float):
                 tg["eager/fused fwd+bwd, CUDA-graph replays"] = f"{ge / gf:.1f}x"
+            ge, gf = sr.get("graphed_callable_fwd+bwd:eager"), sr.get("graphed_callable_fwd+bwd:fused-triton")
+            if isinstance(gf, float) and isinstance(eager.get(last), float):
+                tg["eager / fused fwd+bwd through make_graphed_callables"] = f"{eager[last] / gf:.1f}x"
+            if isinstance(ge, float) and isinstance(gf, float):
+                tg["both through make_graphed_callables"] = f"{ge / gf:.1f}x"
             if isinstance(fused.get(f"xfloor:{last}"), float):
                 tg[f"fused {last} x floor"] = f"{fused[f'xfloor:{last}']:.2f} (target <= 3)"
             sr["targets"] = tg
