@@ -5,7 +5,8 @@ Triton's interpreter accepts code that the GPU compiler rejects, so the CPU test
 also builds each kernel down to a cubin with `triton.compile(ASTSource(...),
 target=GPUTarget("cuda", cap, 32))` and reads the resource usage of the result
 (registers, stack, local memory: spilled registers show up as local memory). Each kernel
-is also built once with its integer arguments equal to 1, as the JIT specialises them.
+is also built once with its integer arguments equal to 1 and once with them divisible by
+16, as the JIT specialises them.
 
 Run it in a process whose environment lacks TRITON_INTERPRET (the interpreter replaces
 @triton.jit functions with Python ones):
@@ -57,8 +58,20 @@ def ones_specs():
     return out
 
 
+def div16_specs():
+    """Each kernel's last table entry (its largest block sizes) with every integer argument
+    marked divisible by 16, as the JIT marks such values (H * W = 2304, say): the compiler
+    may then vectorise loads and stores, with other register needs."""
+    last = {}
+    for spec in specs():
+        if any(v in ("i32", "i64") for v in spec[2].values()):
+            last[spec[1]] = spec
+    return [(name.split("[")[0] + "[ints%16]", fn, signature, constexprs, options)
+            for name, fn, signature, constexprs, options in last.values()]
+
+
 def all_specs():
-    return specs() + ones_specs()
+    return specs() + ones_specs() + div16_specs()
 
 
 def _cuobjdump():
@@ -115,14 +128,16 @@ def _ptxas_spills(ptx: str, cap: int):
     return sum(int(a) + int(b) for a, b in found)
 
 
-def _pointer_attrs(fn, signature, target):
-    """Mark pointer arguments 16-byte aligned, as the launcher sees torch's allocations."""
+def _pointer_attrs(fn, signature, target, ints=False):
+    """Mark pointer arguments 16-byte aligned, as the launcher sees torch's allocations
+    (and, with ints, integer arguments divisible by 16)."""
     try:
         from triton.compiler.compiler import make_backend
 
         backend = make_backend(target)
         names = list(fn.arg_names)
-        return {(names.index(k),): backend.parse_attr("D") for k, v in signature.items() if v.startswith("*")}
+        return {(names.index(k),): backend.parse_attr("D") for k, v in signature.items()
+                if v.startswith("*") or (ints and v in ("i32", "i64"))}
     except Exception:  # noqa: BLE001 - attribute format differs between Triton releases
         return None
 
@@ -140,7 +155,7 @@ def compile_one(index: int, cap: int) -> dict:
     t0 = time.time()
     row = {"kernel": name, "cap": cap, "options": dict(options), "constexprs": dict(constexprs)}
     try:
-        attrs = _pointer_attrs(fn, signature, target)
+        attrs = _pointer_attrs(fn, signature, target, ints=name.endswith("[ints%16]"))
         src = ASTSource(fn, sig, dict(constexprs), attrs) if attrs is not None else ASTSource(fn, sig, dict(constexprs))
         compiled = triton.compile(src, target=target, options=dict(options))
     except Exception as err:  # noqa: BLE001 - reported, not raised
