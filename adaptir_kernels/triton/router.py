@@ -52,6 +52,14 @@ def _tile(u_ptr, base, P, p0, c, cmask, BP: tl.constexpr):
 
 
 @triton.jit
+def _lanes(h, PH, Q, BH: tl.constexpr, BJ: tl.constexpr):
+    """This program's sample, the channel lanes and the MLP-width lanes with their masks."""
+    c = tl.arange(0, BH)
+    j = tl.arange(0, BJ)
+    return tl.program_id(0).to(tl.int64), c, c < h, j, j < PH, j < Q
+
+
+@triton.jit
 def _softmax_pool(u_ptr, base, P, cw, cb, c, cmask, BH: tl.constexpr, BP: tl.constexpr):
     """(max score, sum of exp(score - max), pooled) for one sample."""
     mx = tl.full((BP,), float("-inf"), tl.float32)
@@ -76,12 +84,7 @@ def _softmax_pool(u_ptr, base, P, cw, cb, c, cmask, BH: tl.constexpr, BP: tl.con
 def _fwd_kernel(u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_ptr, p2b_ptr, gm_ptr,
                 c1w_ptr, c1b_ptr, c3w_ptr, c3b_ptr, cs_ptr, cg_ptr, h, P, PH, Q,
                 BH: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.arange(0, BH)
-    cmask = c < h
-    j = tl.arange(0, BJ)
-    jp = j < PH
-    jq = j < Q
+    n, c, cmask, j, jp, jq = _lanes(h, PH, Q, BH, BJ)
     cw = tl.load(cw_ptr + c, mask=cmask, other=0.0)
     cb = tl.load(cb_ptr)
     m, s, pooled = _softmax_pool(u_ptr, n * h * P, P, cw, cb, c, cmask, BH, BP)
@@ -105,12 +108,7 @@ def _bwd_kernel(gcs_ptr, gcg_ptr, u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_p
     """grad_u and grad_gmean of one sample; its parameter-gradient partials as row n of
     part (K columns: compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, ci1_w,
     ci1_b, ci3_w, ci3_b, each flattened)."""
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.arange(0, BH)
-    cmask = c < h
-    j = tl.arange(0, BJ)
-    jp = j < PH
-    jq = j < Q
+    n, c, cmask, j, jp, jq = _lanes(h, PH, Q, BH, BJ)
     o_cb = h
     o_p0w = o_cb + 1
     o_p0b = o_p0w + PH * h
