@@ -83,16 +83,16 @@ def test_specs_cover_the_launch_tables():
     wanted = []
     for BH in cm.HIDDEN_BLOCKS:
         c = cm.PROJ_FWD_CONFIGS[BH]
-        wanted.append((project_in._fwd_kernel, dict(BM=c["BM"], BK=c["BK"], BH=BH), cm.opts(c)))
+        wanted.append((project_in._proj_fwd_kernel, dict(BM=c["BM"], BK=c["BK"], BH=BH), cm.opts(c)))
         c = cm.PROJ_BWD_CONFIGS[BH]
-        wanted.append((project_in._bwd_kernel, dict(BK=c["BK"], BH=BH, RS=c["RS"]), cm.opts(c)))
+        wanted.append((project_in._proj_bwd_kernel, dict(BK=c["BK"], BH=BH, RS=c["RS"]), cm.opts(c)))
         c = cm.COMB_FWD_CONFIGS[BH]
-        wanted.append((combine_out._fwd_kernel, dict(BM=c["BM"], BK=c["BK"], BH=BH), cm.opts(c)))
+        wanted.append((combine_out._comb_fwd_kernel, dict(BM=c["BM"], BK=c["BK"], BH=BH), cm.opts(c)))
         c = cm.COMB_BWD_CONFIGS[BH]
-        wanted.append((combine_out._bwd_kernel, dict(BM=c["BM"], BK1=c["BK1"], BK2=c["BK2"], BH=BH, RS=c["RS"]),
+        wanted.append((combine_out._comb_bwd_kernel, dict(BM=c["BM"], BK1=c["BK1"], BK2=c["BK2"], BH=BH, RS=c["RS"]),
                        cm.opts(c)))
         c = cm.PIXEL_CONFIGS[BH]
-        wanted.append((local_branch._fwd_kernel, dict(BH=BH, BP=c["BP"]), cm.opts(c)))
+        wanted.append((local_branch._local_fwd_kernel, dict(BH=BH, BP=c["BP"]), cm.opts(c)))
         c = cm.PIXEL_BWD_CONFIGS[BH]
         wanted.append((local_branch._bwd_tap_kernel, dict(BH=BH, BP=c["BP"]), cm.opts(c)))
     for fn, const, opts in wanted:

@@ -36,7 +36,7 @@ def _load_hidden(l_ptr, g_ptr, sg_ptr, cg_ptr, cs_ptr, n, p, pmask, ch, hmask, h
 
 
 @triton.jit
-def _fwd_kernel(l_ptr, g_ptr, sg_ptr, cg_ptr, cs_ptr, tw_ptr, out_ptr,
+def _comb_fwd_kernel(l_ptr, g_ptr, sg_ptr, cg_ptr, cs_ptr, tw_ptr, out_ptr,
                 C, h, HW, sn, sp,
                 BM: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr):
     pblk = tl.program_id(0).to(tl.int64)
@@ -59,7 +59,7 @@ def _fwd_kernel(l_ptr, g_ptr, sg_ptr, cg_ptr, cs_ptr, tw_ptr, out_ptr,
 
 
 @triton.jit
-def _bwd_kernel(go_ptr, l_ptr, g_ptr, sg_ptr, cg_ptr, cs_ptr, tw_ptr,
+def _comb_bwd_kernel(go_ptr, l_ptr, g_ptr, sg_ptr, cg_ptr, cs_ptr, tw_ptr,
                 gl_ptr, gg_ptr, gsg_ptr, ptail_ptr, pgate_ptr,
                 N, C, h, HW, sn, sp, npb,
                 BM: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr, BH: tl.constexpr, RS: tl.constexpr):
@@ -140,7 +140,7 @@ def forward(l, g, sg, cg, cs, tail_w, layout, out_dtype):
     out = cm.new((N, H, W, C) if layout == "nhwc" else (HW, N, C), l.device, out_dtype)
     grid = (cm.cdiv(HW, cfg["BM"]), N)
     with cm.device_guard(l):
-        _fwd_kernel[grid](l, g, sg, cg, cs, tail_w, out, C, h, HW, sn, sp,
+        _comb_fwd_kernel[grid](l, g, sg, cg, cs, tail_w, out, C, h, HW, sn, sp,
                           BM=cfg["BM"], BK=cfg["BK"], BH=BH, **cm.opts(cfg))
     return out
 
@@ -163,7 +163,7 @@ def backward(grad_out, l, g, sg, cg, cs, tail_w, layout):
     ptail = cm.new((N * npb, C * h), dev)
     pgate = cm.new((npb, 2 * N * h), dev)
     with cm.device_guard(l):
-        _bwd_kernel[(npb, N)](grad_out, l, g, sg, cg, cs, tail_w, grad_l, grad_g, grad_sg, ptail, pgate,
+        _comb_bwd_kernel[(npb, N)](grad_out, l, g, sg, cg, cs, tail_w, grad_l, grad_g, grad_sg, ptail, pgate,
                               N, C, h, HW, sn, sp, npb, BM=cfg["BM"], BK1=cfg["BK1"], BK2=cfg["BK2"], BH=BH,
                               RS=cfg["RS"], **cm.opts(cfg))
         cm.colsum(ptail, [grad_tail])
@@ -184,9 +184,9 @@ def compile_specs():
             t = cm.TRITON_DTYPE[dt]
             sig = dict(l_ptr="*fp32", g_ptr="*fp32", sg_ptr="*fp32", cg_ptr="*fp32", cs_ptr="*fp32",
                        tw_ptr="*fp32", out_ptr=f"*{t}", C="i32", h="i32", HW="i32", sn="i32", sp="i32")
-            yield (f"combine_out._fwd_kernel[BH={BH},{t}]", _fwd_kernel, sig, const, cm.opts(cfg))
+            yield (f"combine_out._comb_fwd_kernel[BH={BH},{t}]", _comb_fwd_kernel, sig, const, cm.opts(cfg))
             sig = dict(go_ptr=f"*{t}", l_ptr="*fp32", g_ptr="*fp32", sg_ptr="*fp32", cg_ptr="*fp32",
                        cs_ptr="*fp32", tw_ptr="*fp32", gl_ptr="*fp32", gg_ptr="*fp32", gsg_ptr="*fp32",
                        ptail_ptr="*fp32", pgate_ptr="*fp32", N="i32", C="i32", h="i32", HW="i32", sn="i32",
                        sp="i32", npb="i32")
-            yield (f"combine_out._bwd_kernel[BH={BH},{t}]", _bwd_kernel, sig, bconst, cm.opts(bcfg))
+            yield (f"combine_out._comb_bwd_kernel[BH={BH},{t}]", _comb_bwd_kernel, sig, bconst, cm.opts(bcfg))

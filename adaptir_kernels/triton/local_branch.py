@@ -77,7 +77,7 @@ def _tile(h, H, W, BH: tl.constexpr, BP: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(u_ptr, k_ptr, cb_ptr, siw_ptr, sib_ptr, l_ptr, sg_ptr,
+def _local_fwd_kernel(u_ptr, k_ptr, cb_ptr, siw_ptr, sib_ptr, l_ptr, sg_ptr,
                 h, H, W,
                 BH: tl.constexpr, BP: tl.constexpr):
     pblk, n, HW, p, pmask, ch, cmask, m2d, off2d, y_lo, y_hi, x_lo, x_hi = _tile(h, H, W, BH, BP)
@@ -170,7 +170,7 @@ def forward(u, conv_A, conv_B, conv_bias, si_weight, si_bias):
     loc = cm.new(u.shape, u.device)
     sg = cm.new((N, H, W), u.device)
     with cm.device_guard(u):
-        _fwd_kernel[grid](u, K, conv_bias, si_weight, si_bias, loc, sg, h, H, W,
+        _local_fwd_kernel[grid](u, K, conv_bias, si_weight, si_bias, loc, sg, h, H, W,
                           BH=BH, BP=cfg["BP"], **cm.opts(cfg))
     return loc, sg
 
@@ -207,7 +207,7 @@ def compile_specs():
         yield (f"local_branch._taps_kernel[BH={BH}]", _taps_kernel, sig, dict(BH=BH), cm.opts(_TAPS_CONFIG))
         sig = dict(u_ptr="*fp32", k_ptr="*fp32", cb_ptr="*fp32", siw_ptr="*fp32", sib_ptr="*fp32",
                    l_ptr="*fp32", sg_ptr="*fp32", h="i32", H="i32", W="i32")
-        yield (f"local_branch._fwd_kernel[BH={BH}]", _fwd_kernel, sig, const, cm.opts(cfg))
+        yield (f"local_branch._local_fwd_kernel[BH={BH}]", _local_fwd_kernel, sig, const, cm.opts(cfg))
         sig = dict(u_ptr="*fp32", k_ptr="*fp32", a_ptr="*fp32", b_ptr="*fp32", cb_ptr="*fp32", siw_ptr="*fp32",
                    sib_ptr="*fp32", gl_ptr="*fp32", gsg_ptr="*fp32", glt_ptr="*fp32", part_ptr="*fp32",
                    h="i32", rank="i32", H="i32", W="i32", npb="i32")

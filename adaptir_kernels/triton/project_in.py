@@ -7,13 +7,13 @@ q = n * HW + p, so that the hidden tensors (N, h, H, W) are written contiguously
 p, and address x at row n * sn + p * sp ((sn, sp) = (HW, 1) or (1, N)).
 
 Forward (x read once):
-    training: _fwd_kernel (z and per-block mean / M2) -> _stats_kernel (fixed-order
+    training: _proj_fwd_kernel (z and per-block mean / M2) -> _stats_kernel (fixed-order
               reduction to mean, biased var) -> _apply_kernel (xhat, u);
-    eval:     _fwd_kernel alone (running statistics applied in place).
+    eval:     _proj_fwd_kernel alone (running statistics applied in place).
 Backward (x read once, grad_x written once, SPEC 5.1):
     _grad_partials_kernel: per-block sums of grad_u, grad_u * xhat, xhat (h-wide);
     colsum -> grad_bn_bias, grad_bn_weight and sum(xhat);
-    _bwd_kernel: program (g, k) owns a group of rows and a chunk of BK columns of C;
+    _proj_bwd_kernel: program (g, k) owns a group of rows and a chunk of BK columns of C;
               walking its rows RS at a time it rebuilds grad_z from grad_u and xhat
               (h-wide, re-read per column chunk from cache), reads x once, writes grad_x
               = grad_z @ W once (in x's dtype), and accumulates grad_W = grad_z^T x for
@@ -40,7 +40,7 @@ def _rows(pid, R, HW, sn, sp, BM: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, z_ptr, u_ptr, psum_ptr, pm2_ptr,
+def _proj_fwd_kernel(x_ptr, w_ptr, b_ptr, z_ptr, u_ptr, psum_ptr, pm2_ptr,
                 rm_ptr, rv_ptr, bnw_ptr, bnb_ptr, mean_ptr, var_ptr,
                 R, C, h, HW, sn, sp, eps, train,
                 BM: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr):
@@ -147,7 +147,7 @@ def _grad_partials_kernel(gu_ptr, xhat_ptr, part_ptr, R, h, HW,
 
 
 @triton.jit
-def _bwd_kernel(x_ptr, w_ptr, gu_ptr, xhat_ptr, gx_ptr, pw_ptr, gbias_ptr,
+def _proj_bwd_kernel(x_ptr, w_ptr, gu_ptr, xhat_ptr, gx_ptr, pw_ptr, gbias_ptr,
                 gbb_ptr, gbw_ptr, sxh_ptr, bnw_ptr, var_ptr,
                 R, C, h, HW, sn, sp, G, eps, train,
                 BK: tl.constexpr, BH: tl.constexpr, RS: tl.constexpr):
@@ -236,7 +236,7 @@ def forward(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, trai
     else:
         psum = pm2 = mean
     with cm.device_guard(x):
-        _fwd_kernel[(nblocks,)](
+        _proj_fwd_kernel[(nblocks,)](
             x, weight, bias, xhat, u, psum, pm2, running_mean, running_var, bn_weight, bn_bias, mean, var,
             R, C, h, HW, sn, sp, float(eps), int(bool(training)),
             BM=BM, BK=cfg["BK"], BH=BH, **cm.opts(cfg))
@@ -278,7 +278,7 @@ def backward(grad_u, x, xhat, weight, bn_weight, var, training, eps, layout, H, 
         _grad_partials_kernel[(nb_h,)](grad_u, xhat, part, R, h, HW,
                                        BM=hcfg["BM"], BH=BH, **cm.opts(hcfg))
         cm.colsum(part, [grad_bn_bias, grad_bn_weight, sum_xhat])
-        _bwd_kernel[(ngroups, nchunks)](
+        _proj_bwd_kernel[(ngroups, nchunks)](
             x, weight, grad_u, xhat, grad_x, part_w, grad_bias, grad_bn_bias, grad_bn_weight, sum_xhat,
             bn_weight, var,
             R, C, h, HW, sn, sp, G, float(eps), int(bool(training)),
@@ -300,14 +300,14 @@ def compile_specs():
                        psum_ptr="*fp32", pm2_ptr="*fp32", rm_ptr="*fp32", rv_ptr="*fp32", bnw_ptr="*fp32",
                        bnb_ptr="*fp32", mean_ptr="*fp32", var_ptr="*fp32", R="i32", C="i32", h="i32",
                        HW="i32", sn="i32", sp="i32", eps="fp32", train="i32")
-            yield (f"project_in._fwd_kernel[BH={BH},{t}]", _fwd_kernel, sig,
+            yield (f"project_in._proj_fwd_kernel[BH={BH},{t}]", _proj_fwd_kernel, sig,
                    dict(BM=cfg["BM"], BK=cfg["BK"], BH=BH), cm.opts(cfg))
             sig = dict(x_ptr=f"*{t}", w_ptr="*fp32", gu_ptr="*fp32", xhat_ptr="*fp32", gx_ptr=f"*{t}",
                        pw_ptr="*fp32", gbias_ptr="*fp32", gbb_ptr="*fp32", gbw_ptr="*fp32", sxh_ptr="*fp32",
                        bnw_ptr="*fp32", var_ptr="*fp32",
                        R="i32", C="i32", h="i32", HW="i32", sn="i32", sp="i32", G="i32", eps="fp32",
                        train="i32")
-            yield (f"project_in._bwd_kernel[BH={BH},{t}]", _bwd_kernel, sig,
+            yield (f"project_in._proj_bwd_kernel[BH={BH},{t}]", _proj_bwd_kernel, sig,
                    dict(BK=bcfg["BK"], BH=BH, RS=bcfg["RS"]), cm.opts(bcfg))
         hcfg = cm.HROW_CONFIGS[BH]
         sig = dict(psum_ptr="*fp32", pm2_ptr="*fp32", mean_ptr="*fp32", var_ptr="*fp32", nblocks="i32",

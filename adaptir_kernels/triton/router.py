@@ -6,11 +6,11 @@ The work is tiny (an h x H*W reduction and two MLPs on h-wide vectors per sample
 composite costs about 15 ATen calls forward and 50 backward, each of which a GPU host
 has to issue. Here:
 
-Forward (`_fwd_kernel`): scores s_p = compress_w . u_p + compress_b over the sample's
+Forward (`_router_fwd_kernel`): scores s_p = compress_w . u_p + compress_b over the sample's
     pixels, softmax, pooled = sum_p a_p u_p (two passes over u: the maximum, then the
     exponentials and the pooled sum), cs = proj2(gelu(proj0(pooled))) and
     cg = sigmoid(ci3(gelu(ci1(gmean)))).
-Backward (`_bwd_kernel`): the same recomputed, then the MLP gradients, grad_s =
+Backward (`_router_bwd_kernel`): the same recomputed, then the MLP gradients, grad_s =
     a * (grad_pooled . u - grad_pooled . pooled), grad_u = grad_pooled a + compress_w
     grad_s written once (a third pass over u), and every parameter gradient as one row of
     per-sample partials, summed in a fixed order by `_common.colsum` (two launches of
@@ -81,7 +81,7 @@ def _softmax_pool(u_ptr, base, P, cw, cb, c, cmask, BH: tl.constexpr, BP: tl.con
 
 
 @triton.jit
-def _fwd_kernel(u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_ptr, p2b_ptr, gm_ptr,
+def _router_fwd_kernel(u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_ptr, p2b_ptr, gm_ptr,
                 c1w_ptr, c1b_ptr, c3w_ptr, c3b_ptr, cs_ptr, cg_ptr, h, P, PH, Q,
                 BH: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr):
     n, c, cmask, j, jp, jq = _lanes(h, PH, Q, BH, BJ)
@@ -102,7 +102,7 @@ def _fwd_kernel(u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_ptr, p2b_ptr, gm_pt
 
 
 @triton.jit
-def _bwd_kernel(gcs_ptr, gcg_ptr, u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_ptr, p2b_ptr, gm_ptr,
+def _router_bwd_kernel(gcs_ptr, gcg_ptr, u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_ptr, p2b_ptr, gm_ptr,
                 c1w_ptr, c1b_ptr, c3w_ptr, c3b_ptr, gu_ptr, ggm_ptr, part_ptr, h, P, PH, Q, K,
                 BH: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr):
     """grad_u and grad_gmean of one sample; its parameter-gradient partials as row n of
@@ -208,7 +208,7 @@ def forward(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean
     cs = cm.new((N, h), u.device)
     cg = cm.new((N, h), u.device)
     with cm.device_guard(u):
-        _fwd_kernel[(N,)](*args, cs, cg, h, P, proj0_w.shape[0], ci1_w.shape[0],
+        _router_fwd_kernel[(N,)](*args, cs, cg, h, P, proj0_w.shape[0], ci1_w.shape[0],
                           BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
     return cs, cg
 
@@ -231,7 +231,7 @@ def backward(grad_cs, grad_cg, u, compress_w, compress_b, proj0_w, proj0_b, proj
     part = cm.new((N, K), u.device)
     pgrads = [cm.new(t.shape, u.device) for t in params]
     with cm.device_guard(u):
-        _bwd_kernel[(N,)](*grads, *args, grad_u, grad_gmean, part, h, P, proj0_w.shape[0], ci1_w.shape[0], K,
+        _router_bwd_kernel[(N,)](*grads, *args, grad_u, grad_gmean, part, h, P, proj0_w.shape[0], ci1_w.shape[0], K,
                           BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
         cm.colsum(part, pgrads[:5])
         cm.colsum(part, pgrads[5:], start=sum(t.numel() for t in params[:5]))
@@ -252,5 +252,5 @@ def compile_specs():
         for BJ in (8, 16, MAX_J):
             cfg = _config(BH, BJ)
             const = dict(BH=BH, BJ=BJ, BP=cfg["BP"])
-            yield (f"router._fwd_kernel[BH={BH},BJ={BJ}]", _fwd_kernel, fwd, const, cm.opts(cfg))
-            yield (f"router._bwd_kernel[BH={BH},BJ={BJ}]", _bwd_kernel, bwd, const, cm.opts(cfg))
+            yield (f"router._router_fwd_kernel[BH={BH},BJ={BJ}]", _router_fwd_kernel, fwd, const, cm.opts(cfg))
+            yield (f"router._router_bwd_kernel[BH={BH},BJ={BJ}]", _router_bwd_kernel, bwd, const, cm.opts(cfg))
