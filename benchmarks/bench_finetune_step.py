@@ -25,6 +25,8 @@ block's FFN). The sum over the 36 adapters, forward and backward, plus the optim
 step, is the adapters' own time in the step. It does not depend on the difference of
 two whole-step times, whose noise on a shared machine can exceed the whole adapter
 cost. On CUDA the host clock would only see the launches, so it is not used there.
+`--op-clock` (CPU) also times every fused-operator call inside the step, to separate the
+operators' time from the rest of the adapter's (Python, small ops, autograd).
 
     python benchmarks/bench_finetune_step.py                     # CPU (+ CUDA when present)
     python benchmarks/bench_finetune_step.py --device cuda --batch-size 16 --repeats 10
@@ -36,6 +38,7 @@ cost. On CUDA the host clock would only see the launches, so it is not used ther
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -217,6 +220,53 @@ def _time_round_robin(steps: Dict[str, Callable[[], None]], warmup: int, repeats
     return times, errors
 
 
+class OperatorClock:
+    """Host time of every fused-operator call (CPU only), by wrapping the fused module's
+    operator entry points (`adaptir_kernels.module.<op>` and `<op>_backward`) while
+    active. Meaningful with one fused variant in the run: every fused adapter shares the
+    entry points."""
+
+    NAMES = ("project_in", "local_branch", "global_branch", "router", "combine_out")
+
+    def __init__(self):
+        self.samples: Dict[str, List[float]] = {}
+        self._saved: Dict[str, Callable] = {}
+
+    def __enter__(self) -> "OperatorClock":
+        import adaptir_kernels.module as fused
+
+        for base in self.NAMES:
+            for name in (base, base + "_backward"):
+                fn = self._saved[name] = getattr(fused, name)
+                setattr(fused, name, self._timed(fn, self.samples.setdefault(name, [])))
+        return self
+
+    @staticmethod
+    def _timed(fn: Callable, out: List[float]) -> Callable:
+        def call(*args):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                out.append(time.perf_counter() - t0)
+
+        return call
+
+    def __exit__(self, *exc) -> bool:
+        import adaptir_kernels.module as fused
+
+        for name, fn in self._saved.items():
+            setattr(fused, name, fn)
+        return False
+
+    def per_adapter_call_ms(self) -> Dict[str, float]:
+        """Median call time times calls per adapter call (local_branch runs twice: forward
+        and recomputed in the backward), in ms."""
+        calls = len(self.samples.get("project_in", []))
+        return {name: 1e3 * statistics.median(v) * len(v) / calls
+                for name, v in self.samples.items() if v and calls}
+
+
 def run(
     device: str = "cpu",
     batch_size: Optional[int] = None,
@@ -232,11 +282,13 @@ def run(
     verbose: bool = False,
     stat: Optional[str] = None,
     adapter_clock: Optional[bool] = None,
+    op_clock: bool = False,
 ) -> Dict:
     """Time one fine-tuning step per variant; returns a dict with per-variant step times
     (seconds), the adapters' overhead over `none` and the fused speed-up over eager.
     adapter_clock (default: on for the CPU): also clock the adapters inside the step
-    (`AdapterClock`) and the optimizer step, and report the adapters' own time."""
+    (`AdapterClock`) and the optimizer step, and report the adapters' own time.
+    op_clock (CPU): also time every fused-operator call (`OperatorClock`)."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("CUDA was asked for but is not available")
@@ -248,8 +300,9 @@ def run(
         stat = "median" if dev.type == "cuda" else "min"
     if adapter_clock is None:
         adapter_clock = dev.type == "cpu"
-    if adapter_clock and dev.type != "cpu":
-        raise ValueError("adapter_clock needs the CPU: on an asynchronous device the host clock sees only launches")
+    if (adapter_clock or op_clock) and dev.type != "cpu":
+        raise ValueError("adapter_clock and op_clock need the CPU: on an asynchronous device the host clock "
+                         "sees only launches")
     if stat not in ("min", "median"):
         raise ValueError(f"stat must be 'min' or 'median', got {stat!r}")
     unknown = {v for v in variants if v not in VARIANTS and not v.startswith("fused:")}
@@ -315,7 +368,11 @@ def run(
             _sync(dev)
             result.setdefault("peak_memory_mb", {})[v] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
     part_samples: Dict[str, Dict[str, List[float]]] = {}
-    times, errors = _time_round_robin(steps, warmup, repeats, dev, parts if adapter_clock else None, part_samples)
+    with (OperatorClock() if op_clock else contextlib.nullcontext()) as op_times:
+        times, errors = _time_round_robin(steps, warmup, repeats, dev, parts if adapter_clock else None,
+                                          part_samples)
+    if op_clock:
+        result["operator_ms_per_adapter_call"] = op_times.per_adapter_call_ms()
     pick = min if stat == "min" else statistics.median
     for v in steps:
         if v in errors:
@@ -401,6 +458,11 @@ def _format(res: Dict) -> str:
             lines.append(f"  {v:6s} optimizer step {ps['opt'] * 1e3:.1f} ms")
     for v, d in res.get("adapter_overhead_direct_s", {}).items():
         lines.append(f"  {v:6s} adapter overhead clocked inside the step: {d * 1e3:.1f} ms")
+    ops = res.get("operator_ms_per_adapter_call")
+    if ops:
+        lines.append("  fused operators, host ms per adapter call (median call): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in ops.items())
+                     + f"; together {sum(ops.values()):.2f}")
     if "adapter_overhead_ratio_fused_over_eager" in res:
         lines.append(f"  adapter overhead clocked inside the step: fused / eager = "
                      f"{res['adapter_overhead_ratio_fused_over_eager']:.2f}")
@@ -425,6 +487,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="statistic of the timed rounds (default: min on the CPU, median on CUDA)")
     ap.add_argument("--no-adapter-clock", action="store_true",
                     help="do not clock the adapters inside the step (on by default on the CPU)")
+    ap.add_argument("--op-clock", action="store_true",
+                    help="also time every fused-operator call inside the step (CPU)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args(argv)
 
@@ -435,7 +499,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         res = run(device=d, batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, task=args.task,
                   patch=args.patch, backend=args.backend, variants=[v for v in args.variants.split(",") if v],
                   tiny=args.tiny, seed=args.seed, threads=args.threads, verbose=True,
-                  stat=args.stat, adapter_clock=False if args.no_adapter_clock or d != "cpu" else None)
+                  stat=args.stat, adapter_clock=False if args.no_adapter_clock or d != "cpu" else None,
+                  op_clock=args.op_clock and d == "cpu")
         print(_format(res), flush=True)
         results.append(res)
     if args.json:

@@ -36,7 +36,7 @@ def test_adapter_clock_inside_the_step(bench):
 
 def test_adapter_clock_refuses_other_devices(bench):
     # any device but the CPU ("meta" stands for an asynchronous one here)
-    with pytest.raises(ValueError, match="adapter_clock needs the CPU"):
+    with pytest.raises(ValueError, match="adapter_clock and op_clock need the CPU"):
         bench.run(device="meta", tiny=True, repeats=1, warmup=0, adapter_clock=True)
 
 
@@ -67,3 +67,22 @@ def test_adapter_clock_leaves_the_model_unchanged(bench):
     assert plain.keys() == clocked.keys()
     for n in plain:
         assert torch.equal(plain[n], clocked[n]), n
+
+
+def test_operator_clock_inside_the_step(bench):
+    """Every fused operator is timed once per adapter call (local_branch twice: forward and
+    recomputed in the backward), inside the adapters' own time; the wrappers are removed."""
+    import adaptir_kernels.module as fused
+
+    before = {n: getattr(fused, n) for n in ("project_in", "router_backward")}
+    res = bench.run(device="cpu", tiny=True, repeats=2, warmup=1, batch_size=1, backend="auto",
+                    variants=("fused",), op_clock=True)
+    ops = res["operator_ms_per_adapter_call"]
+    assert set(ops) == {f"{b}{s}" for b in bench.OperatorClock.NAMES for s in ("", "_backward")}
+    assert all(v > 0 for v in ops.values())
+    parts = res["step_parts_s"]["fused"]
+    per_call_ms = 1e3 * (parts["adapter_fwd"] + parts["adapter_bwd"]) / res["adapter_calls"]["fused"][0]
+    assert sum(ops.values()) < per_call_ms
+    assert all(getattr(fused, n) is f for n, f in before.items())
+    with pytest.raises(ValueError, match="adapter_clock and op_clock need the CPU"):
+        bench.run(device="meta", tiny=True, repeats=1, warmup=0, op_clock=True)
