@@ -74,8 +74,8 @@ PIXEL_BWD_CONFIGS = {
     32: dict(BP=16, num_warps=4),
     64: dict(BP=8, num_warps=4),
 }
-# Router (one program per sample): tiles of BH channels x BP pixels; software pipelining
-# of its three loops over u only costs registers.
+# Router (one program per sample): tiles of BH channels x BP pixels, one stage (no
+# software pipelining of its loops over u).
 ROUTER_CONFIGS = {
     16: dict(BP=128, num_warps=4, num_stages=1),
     32: dict(BP=64, num_warps=4, num_stages=1),
@@ -223,8 +223,8 @@ def _colsum_kernel(part_ptr, M, K, LD,
 
 
 def colsum(part: torch.Tensor, outs, start: int = 0) -> None:
-    """Sum the rows of `part` (M, K), from column `start` on, into the tensors `outs`
-    (float32, contiguous, in column order; their numels add up to K - start)."""
+    """Sum the rows of `part` (M, ld) into the tensors `outs` (float32, contiguous, in
+    column order), which take the columns from `start` on, as many as they hold."""
     M, ld = part.shape
     assert part.stride(1) == 1 and part.stride(0) == ld
     outs = list(outs)

@@ -141,7 +141,7 @@ def forward(l, g, sg, cg, cs, tail_w, layout, out_dtype):
     grid = (cm.cdiv(HW, cfg["BM"]), N)
     with cm.device_guard(l):
         _comb_fwd_kernel[grid](l, g, sg, cg, cs, tail_w, out, C, h, HW, sn, sp,
-                          BM=cfg["BM"], BK=cfg["BK"], BH=BH, **cm.opts(cfg))
+                               BM=cfg["BM"], BK=cfg["BK"], BH=BH, **cm.opts(cfg))
     return out
 
 
@@ -164,8 +164,8 @@ def backward(grad_out, l, g, sg, cg, cs, tail_w, layout):
     pgate = cm.new((npb, 2 * N * h), dev)
     with cm.device_guard(l):
         _comb_bwd_kernel[(npb, N)](grad_out, l, g, sg, cg, cs, tail_w, grad_l, grad_g, grad_sg, ptail, pgate,
-                              N, C, h, HW, sn, sp, npb, BM=cfg["BM"], BK1=cfg["BK1"], BK2=cfg["BK2"], BH=BH,
-                              RS=cfg["RS"], **cm.opts(cfg))
+                                   N, C, h, HW, sn, sp, npb, BM=cfg["BM"], BK1=cfg["BK1"], BK2=cfg["BK2"], BH=BH,
+                                   RS=cfg["RS"], **cm.opts(cfg))
         cm.colsum(ptail, [grad_tail])
         cm.colsum(pgate, [grad_cg, grad_cs])
     return grad_l, grad_g, grad_sg, grad_cg, grad_cs, grad_tail

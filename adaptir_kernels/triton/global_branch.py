@@ -51,7 +51,8 @@ def _sign_kernel(gg_ptr, ggm_ptr, y_ptr, out_ptr, total, HW, BLOCK: tl.constexpr
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < total
     y = tl.load(y_ptr + i, mask=m, other=0.0)
-    gy = tl.load(gg_ptr + i, mask=m, other=0.0) + tl.load(ggm_ptr + i // HW, mask=m, other=0.0) / tl.cast(HW, tl.float32)
+    gy = tl.load(gg_ptr + i, mask=m, other=0.0)
+    gy += tl.load(ggm_ptr + i // HW, mask=m, other=0.0) / tl.cast(HW, tl.float32)
     sgn = tl.where(y > 0.0, 1.0, tl.where(y < 0.0, -1.0, 0.0))
     tl.store(out_ptr + i, gy * sgn, mask=m)
 

@@ -171,7 +171,7 @@ def forward(u, conv_A, conv_B, conv_bias, si_weight, si_bias):
     sg = cm.new((N, H, W), u.device)
     with cm.device_guard(u):
         _local_fwd_kernel[grid](u, K, conv_bias, si_weight, si_bias, loc, sg, h, H, W,
-                          BH=BH, BP=cfg["BP"], **cm.opts(cfg))
+                                BH=BH, BP=cfg["BP"], **cm.opts(cfg))
     return loc, sg
 
 

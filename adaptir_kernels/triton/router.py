@@ -1,5 +1,5 @@
-"""router in Triton: one program per sample, one launch forward and one (plus the column
-sum of the parameter-gradient partials) backward. Signature and math:
+"""router in Triton: one program per sample, one launch forward and one (plus two column
+sums of the parameter-gradient partials) backward. Signature and math:
 adaptir_kernels/ops/router.py.
 
 The work is tiny (an h x H*W reduction and two MLPs on h-wide vectors per sample); the
@@ -209,7 +209,7 @@ def forward(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean
     cg = cm.new((N, h), u.device)
     with cm.device_guard(u):
         _router_fwd_kernel[(N,)](*args, cs, cg, h, P, proj0_w.shape[0], ci1_w.shape[0],
-                          BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
+                                 BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
     return cs, cg
 
 
@@ -231,8 +231,8 @@ def backward(grad_cs, grad_cg, u, compress_w, compress_b, proj0_w, proj0_b, proj
     part = cm.new((N, K), u.device)
     pgrads = [cm.new(t.shape, u.device) for t in params]
     with cm.device_guard(u):
-        _router_bwd_kernel[(N,)](*grads, *args, grad_u, grad_gmean, part, h, P, proj0_w.shape[0], ci1_w.shape[0], K,
-                          BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
+        _router_bwd_kernel[(N,)](*grads, *args, grad_u, grad_gmean, part, h, P, proj0_w.shape[0],
+                                 ci1_w.shape[0], K, BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
         cm.colsum(part, pgrads[:5])
         cm.colsum(part, pgrads[5:], start=sum(t.numel() for t in params[:5]))
     return (grad_u, grad_gmean, *pgrads)
