@@ -185,7 +185,14 @@ def time_infer(module, x, hw, timer):
 
 
 def graphed_fwd_bwd(module, x, hw, grad, timer):
-    """Forward+backward replayed from a CUDA graph: the GPU time without launch gaps."""
+    """Forward+backward replayed from a CUDA graph: the GPU time without launch gaps.
+
+    A copy of the module is captured: its parameters' gradient-accumulation nodes are then
+    made during warm-up, on the capture's side stream. Nodes kept alive from earlier steps
+    on the default stream make accumulation sync with that stream, which capture forbids
+    (PyTorch warned of this in the H200 runs where the eager capture at edt-train failed;
+    whether it was the cause is not known)."""
+    module = copy.deepcopy(module)
     xg = x.detach().clone().requires_grad_(True)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
