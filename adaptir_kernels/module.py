@@ -54,16 +54,21 @@ combine_out, combine_out_backward = _dispatch(_combine_out, False), _dispatch(_c
 class _AdaptIRChain(torch.autograd.Function):
     """The adapter as one autograd node.
 
-    Takes the module's parameters as they are (in `_PARAMETERS` order, compute dtype) and
-    views them in the operators' shapes inside forward and backward, so the autograd graph
-    holds no view node per parameter; the gradients are returned in the parameters' shapes.
+    Takes the module's parameters as they are (in `_PARAMETERS` order, compute dtype), for
+    autograd, and the same in the operators' shapes (`op_params`: detached views, or None
+    to view them here), which the operators read and backward keeps; the autograd graph
+    holds no view node per parameter, and the gradients are returned in the parameters'
+    shapes. `cfg` = (training, eps, layout, H, W, backend, views).
     """
 
     @staticmethod
-    def forward(ctx, x, running_mean, running_var, training, eps, layout, H, W, backend, views, *params):
+    def forward(ctx, x, running_mean, running_var, cfg, op_params, *params):
+        training, eps, layout, H, W, backend, views = cfg
+        if op_params is None:
+            op_params = _viewed(params, views)
         (head_w, head_b, bn_w, bn_b, conv_A, conv_B, conv_bias, si_w, si_b, amp_w, amp_b,
          pha_w, pha_b, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
-         ci1_w, ci1_b, ci3_w, ci3_b, tail_w) = _viewed(params, views)
+         ci1_w, ci1_b, ci3_w, ci3_b, tail_w, _bn_w3, _bn_b3) = op_params
         u, xhat, mean, var = project_in(
             x, head_w, head_b, bn_w, bn_b, running_mean, running_var, training, eps, layout, H, W, backend)
         loc, sg = local_branch(u, conv_A, conv_B, conv_bias, si_w, si_b, backend)
@@ -71,20 +76,23 @@ class _AdaptIRChain(torch.autograd.Function):
         cs, cg = router(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
                         gmean, ci1_w, ci1_b, ci3_w, ci3_b, backend)
         out = combine_out(loc, g, sg, cg, cs, tail_w, layout, x.dtype, backend)
-        ctx.save_for_backward(x, xhat, g, sign, gmean, cs, cg, var, *params)
-        ctx.args = (training, eps, layout, H, W, backend, views)
+        # The operator-shaped parameters are saved (views share their parameter's version
+        # counter, so an in-place change before backward is still caught).
+        ctx.save_for_backward(x, xhat, g, sign, gmean, cs, cg, var, *op_params)
+        ctx.cfg = cfg
+        ctx.param_shapes = tuple(None if v is None else p.shape for p, v in zip(params, views))
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
     def backward(ctx, grad_out, _grad_mean, _grad_var):
-        x, xhat, g, sign, gmean, cs, cg, var, *params = ctx.saved_tensors
-        training, eps, layout, H, W, backend, views = ctx.args
+        x, xhat, g, sign, gmean, cs, cg, var, *op_params = ctx.saved_tensors
+        training, eps, layout, H, W, backend, views = ctx.cfg
         (head_w, head_b, bn_w, bn_b, conv_A, conv_B, conv_bias, si_w, si_b, amp_w, amp_b,
          pha_w, pha_b, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
-         ci1_w, ci1_b, ci3_w, ci3_b, tail_w) = _viewed(params, views)
+         ci1_w, ci1_b, ci3_w, ci3_b, tail_w, bn_w3, bn_b3) = op_params
         # project_in's u, as it defines it (train and eval): the BN affine of xhat.
-        u = torch.addcmul(bn_b.view(-1, 1, 1), xhat, bn_w.view(-1, 1, 1))
+        u = torch.addcmul(bn_b3, xhat, bn_w3)
         loc, sg = local_branch(u, conv_A, conv_B, conv_bias, si_w, si_b, backend)
         g_l, g_g, g_sg, g_cg, g_cs, g_tail = combine_out_backward(
             grad_out.contiguous(), loc, g, sg, cg, cs, tail_w, layout, backend)
@@ -101,13 +109,15 @@ class _AdaptIRChain(torch.autograd.Function):
             grad_u, x, xhat, head_w, bn_w, var, training, eps, layout, H, W, backend)
         grads = (g_hw, g_hb, g_bnw, g_bnb, g_A, g_B, g_cbias, g_siw, g_sib, g_aw, g_ab, g_pw, g_pb,
                  g_cw, g_cb, g_p0w, g_p0b, g_p2w, g_p2b, g_c1w, g_c1b, g_c3w, g_c3b, g_tail)
-        return (g_x, None, None, None, None, None, None, None, None, None,
-                *(gp if v is None else gp.view(p.shape) for gp, p, v in zip(grads, params, views)))
+        return (g_x, None, None, None, None,
+                *(gp if shape is None else gp.view(shape) for gp, shape in zip(grads, ctx.param_shapes)))
 
 
 def _viewed(params, views):
-    """The parameters in the operators' shapes (views: a shape, or None for as is)."""
-    return [p if v is None else p.view(v) for p, v in zip(params, views)]
+    """The parameters in the operators' shapes (views: a shape, or None for as is), then
+    the BN weight and bias as (h, 1, 1) for the backward's recomputation of u."""
+    out = [p if v is None else p.view(v) for p, v in zip(params, views)]
+    return (*out, out[2].view(-1, 1, 1), out[3].view(-1, 1, 1))
 
 
 # The parameters the chain takes, in order: (attribute path, the operator's shape as a
@@ -150,6 +160,7 @@ class AdaptIR(ReferenceAdaptIR):
         h, C, ci = self.hidden, self.d_model, self.ci_hidden
         self._chain_views = tuple(None if view is None else view(h, C, ci) for _, view in _PARAMETERS)
         self._chain_slots = None
+        self._chain_op_cache = None
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", backend={self.backend!r}"
@@ -164,14 +175,16 @@ class AdaptIR(ReferenceAdaptIR):
                 f"training-mode BatchNorm needs more than one value per channel, got N*H*W = {n * H * W}")
         cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
         params = self._chain_parameters()
-        if any(t.dtype != cdt for t in params):
+        cast = any(t.dtype != cdt for t in params)
+        if cast:
             params = [t.to(cdt) for t in params]
 
         running_mean, running_var = bn.running_mean, bn.running_var
         if running_mean.dtype != cdt:
             running_mean, running_var = running_mean.to(cdt), running_var.to(cdt)
-        args = (x.contiguous(), running_mean, running_var,
-                training, float(bn.eps), self.layout, H, W, backend, self._chain_views, *params)
+        cfg = (training, float(bn.eps), self.layout, H, W, backend, self._chain_views)
+        op_params = None if cast or torch.compiler.is_compiling() else self._chain_op_params(params)
+        args = (x.contiguous(), running_mean, running_var, cfg, op_params, *params)
         if torch.is_autocast_enabled(x.device.type):
             # The kernels read and write x's dtype and compute in float32 themselves.
             with torch.autocast(device_type=x.device.type, enabled=False):
@@ -194,6 +207,23 @@ class AdaptIR(ReferenceAdaptIR):
         if slots is None or any(owner._modules.get(name) is not child for owner, name, child in slots[1]):
             slots = self._chain_slots = self._find_chain_slots()
         return [d[name] for d, name in slots[0]]
+
+    def _chain_op_params(self, params: list) -> tuple:
+        """The parameters in the operators' shapes, as detached views kept between calls.
+
+        A view costs a dispatcher call, and a training step's adapter makes 18 of them
+        otherwise (each slow inside a step, its code out of the caches). A kept view
+        is valid while its parameter is the same tensor on the same storage: values
+        changed in place (optimizer steps, load_state_dict) are seen through it; a
+        parameter replaced, or given new data (.data =, .to()), gets a new view.
+        """
+        cache = self._chain_op_cache
+        if cache is not None and all(p is q and ptr == p.data_ptr() and shape == p.shape
+                                     for p, (q, ptr, shape) in zip(params, cache[0])):
+            return cache[1]
+        keys = tuple((p, p.data_ptr(), p.shape) for p in params)
+        self._chain_op_cache = (keys, _viewed([p.detach() for p in params], self._chain_views))
+        return self._chain_op_cache[1]
 
     def _find_chain_slots(self):
         params, path = [], {}

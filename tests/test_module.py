@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adaptir_kernels import _alloc
-from adaptir_kernels.backends import resolve_backend
+from adaptir_kernels.backends import available_backends, resolve_backend
 from adaptir_kernels.module import AdaptIR
 from adaptir_kernels.reference import AdaptIR as ReferenceAdaptIR
 from helpers import SHAPES, assert_close_rel, compare_modules, make_input, make_pair, randomize, run_fwd_bwd
@@ -143,6 +143,38 @@ def test_replaced_submodules_and_parameters_are_used():
     compare_modules(ref, mod, x)
     grads = torch.autograd.grad(mod(x).square().sum(), [mod.tail.weight, mod.head.bias, mod.channel_interaction[1].weight])
     assert all(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("torch", "cpp") if b in available_backends("cpu")])
+def test_kept_parameter_views_follow_the_parameters(backend):
+    """The fused module keeps operator-shaped views of its parameters between calls. Values
+    changed in place (an optimizer step, load_state_dict), a parameter given new data
+    (.data =) and one replaced in its module must all be seen, and an in-place change
+    between forward and backward is still refused."""
+    ref, mod = make_pair(fused(backend), seed=31)
+    x = make_input("nhwc", 2, 5, 6, 56, seed=32)
+    compare_modules(ref, mod, x)  # the views are made here
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.5)
+    opt_mod = torch.optim.SGD(mod.parameters(), lr=0.5)
+    opt_ref.step(), opt_mod.step()  # gradients from compare_modules: every parameter moves in place
+    compare_modules(ref, mod, x)
+    gen = torch.Generator().manual_seed(33)
+    new_w = torch.randn(ref.head.weight.shape, generator=gen)  # the 4-D conv weight, viewed as (h, C)
+    for m in (ref, mod):
+        m.head.weight.data = new_w.clone()
+    compare_modules(ref, mod, x)
+    new_a = torch.randn(ref.conv_weight_A.shape, generator=gen)
+    for m in (ref, mod):
+        m.conv_weight_A = torch.nn.Parameter(new_a.clone())
+    compare_modules(ref, mod, x)
+    ref.load_state_dict(randomize(copy.deepcopy(ref), seed=34).state_dict())
+    mod.load_state_dict(ref.state_dict())
+    compare_modules(ref, mod, x)
+    out = mod(x).sum()
+    with torch.no_grad():
+        mod.head.weight.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
 
 
 def test_backend_selection(monkeypatch):
