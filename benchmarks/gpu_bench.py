@@ -11,7 +11,8 @@ and buffers left out), and achieved bandwidth against the SPEC 5.1 floor (the C-
 passes: forward 2, backward 3, forward+backward 5, at the measured copy bandwidth). Also
 a CUDA-graph replay of the fused forward+backward (the same work without CPU launch
 gaps), the wall time of forward+backward through torch.cuda.make_graphed_callables (what
-a training loop gets from CUDA graphs), a kernel-time profile of one fused step, and with --sweep the per-operator times
+a training loop gets from CUDA graphs), per-operator times both from do_bench and from
+CUDA-graph replays (the GPU's own time, which the sweep compares too), a kernel-time profile of one fused step, and with --sweep the per-operator times
 of the Triton kernels at alternative launch configurations.
 
 Writes OUTDIR/bench.md, OUTDIR/bench.json and OUTDIR/profile.txt. Without CUDA it runs
@@ -285,7 +286,7 @@ def op_inputs(spec, device):
 
     C = spec["x"][-1]
     w = adapter_widths(C, spec["preset"])
-    h, r = w.hidden, w.rank
+    h, r, ph, q = w.hidden, w.rank, w.proj_hidden, w.ci_hidden
     H, W = spec["hw"]
     N = spec["x"][0] if spec["layout"] == "nhwc" else spec["x"][1]
     g = torch.Generator(device="cpu").manual_seed(5)
@@ -298,7 +299,9 @@ def op_inputs(spec, device):
                 rm=rnd(h), rv=rnd(h).abs() + 0.5, u=rnd(N, h, H, W), A=rnd(h, r, s=0.3), B=rnd(r, 9, s=0.3),
                 cb=rnd(h), siw=rnd(h), sib=rnd(1), l=rnd(N, h, H, W), gg=rnd(N, h, H, W).abs(),
                 sg=torch.rand(N, H, W, generator=g).to(device), cg=torch.rand(N, h, generator=g).to(device),
-                cs=rnd(N, h), tw=rnd(C, h, s=0.1), go=rnd(*spec["x"]))
+                cs=rnd(N, h), tw=rnd(C, h, s=0.1), go=rnd(*spec["x"]),
+                router=(rnd(h, s=0.3), rnd(1), rnd(ph, h, s=0.3), rnd(ph), rnd(h, ph, s=0.3), rnd(h), rnd(N, h),
+                        rnd(q, h, s=0.3), rnd(q), rnd(h, q, s=0.3), rnd(h)))
 
 
 def op_calls(spec, t):
@@ -328,7 +331,32 @@ def op_calls(spec, t):
         ca = (t["l"], t["gg"], t["sg"], t["cg"], t["cs"], t["tw"])
         calls[f"combine_out.fwd[{impl}]"] = (lambda f=fwd_co: f(*ca, lay, torch.float32))
         calls[f"combine_out.bwd[{impl}]"] = (lambda f=bwd_co: f(t["go"], *ca, lay))
+    from adaptir_kernels.ops import router
+    from adaptir_kernels.triton import router as tro
+
+    ra = t["router"]
+    for impl, fwd_ro, bwd_ro in (("triton", tro.forward, tro.backward),
+                                 ("torch", router.forward_torch, router.backward_torch)):
+        calls[f"router.fwd[{impl}]"] = (lambda f=fwd_ro: f(t["u"], *ra))
+        calls[f"router.bwd[{impl}]"] = (lambda f=bwd_ro: f(t["cs"], t["cg"], t["u"], *ra))
     return calls
+
+
+def graph_ms(fn, timer, reps=10):
+    """GPU milliseconds per call of fn: `reps` calls captured in a CUDA graph and the graph
+    replayed, so the host's launch costs drop out (L2 is not cleared between the calls
+    inside the graph, only before each replay)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    return timer(g.replay) / reps
 
 
 SWEEP = {
@@ -342,9 +370,13 @@ SWEEP = {
                          dict(BM=32, BK1=16, BK2=64, RS=16, num_warps=8, num_stages=1),
                          dict(BM=128, BK1=16, BK2=64, RS=16, num_warps=8, num_stages=1),
                          dict(BM=64, BK1=32, BK2=32, RS=16, num_warps=8, num_stages=1)],
+    # one program per sample: larger pixel tiles mean fewer dependent loads per program
+    "ROUTER_CONFIGS": [dict(BP=64, num_warps=4, num_stages=1), dict(BP=128, num_warps=4, num_stages=1),
+                       dict(BP=256, num_warps=8, num_stages=1), dict(BP=512, num_warps=8, num_stages=1)],
 }
 SWEEP_OPS = {"PROJ_FWD_CONFIGS": "project_in.fwd[triton]", "PROJ_BWD_CONFIGS": "project_in.bwd[triton]",
-             "COMB_FWD_CONFIGS": "combine_out.fwd[triton]", "COMB_BWD_CONFIGS": "combine_out.bwd[triton]"}
+             "COMB_FWD_CONFIGS": "combine_out.fwd[triton]", "COMB_BWD_CONFIGS": "combine_out.bwd[triton]",
+             "ROUTER_CONFIGS": "router.bwd[triton]"}
 
 
 def op_times(spec, device, timer, sweep, budget_s):
@@ -352,12 +384,17 @@ def op_times(spec, device, timer, sweep, budget_s):
 
     t = op_inputs(spec, device)
     calls = op_calls(spec, t)
-    res = {"ops": {}, "sweep": {}}
+    res = {"ops": {}, "ops_graph": {}, "sweep": {}}
     for name, fn in calls.items():
         try:
             res["ops"][name] = timer(fn)
         except Exception as err:  # noqa: BLE001
             res["ops"][name] = f"error: {type(err).__name__}: {err}"[:200]
+        if device.type == "cuda":
+            try:
+                res["ops_graph"][name] = graph_ms(fn, timer)
+            except Exception as err:  # noqa: BLE001
+                res["ops_graph"][name] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
     if not sweep:
         return res
     BH = cm.hidden_block(t["h"])
@@ -371,13 +408,16 @@ def op_times(spec, device, timer, sweep, budget_s):
                 rows.append(dict(cfg=cand, ms="skipped (time budget)"))
                 continue
             tab[BH] = cand
+            gms = None
             try:
                 ms = timer(calls[SWEEP_OPS[table]])
+                if device.type == "cuda":
+                    gms = graph_ms(calls[SWEEP_OPS[table]], timer)
             except Exception as err:  # noqa: BLE001
                 ms = f"error: {type(err).__name__}: {str(err)[:160]}"
             finally:
                 tab[BH] = orig
-            rows.append(dict(cfg=cand, ms=ms))
+            rows.append(dict(cfg=cand, ms=ms, graph_ms=gms))
         res["sweep"][f"{table}[BH={BH}]"] = rows
     return res
 
@@ -438,11 +478,13 @@ def markdown(report):
                 f"{k}: out {v['out']:.1e}, grad x {v['grad_x']:.1e}, worst param {v['worst_param_grad']:.1e}"
                 for k, v in sr["check"].items()))
         if sr.get("ops"):
-            lines += ["", "| operator | ms |", "|---|---|"]
-            lines += [f"| {k} | {fmt(v)} |" for k, v in sr["ops"]["ops"].items()]
+            graph = sr["ops"].get("ops_graph", {})
+            lines += ["", "| operator | ms (do_bench, host launches included) | ms (GPU, from a CUDA graph) |",
+                      "|---|---|---|"]
+            lines += [f"| {k} | {fmt(v)} | {fmt(graph.get(k))} |" for k, v in sr["ops"]["ops"].items()]
             for table, rows in sr["ops"].get("sweep", {}).items():
-                lines += ["", f"Sweep {table}:", ""]
-                lines += [f"- {r['cfg']}: {fmt(r['ms'])}" for r in rows]
+                lines += ["", f"Sweep {table} (do_bench ms; GPU ms from a CUDA graph):", ""]
+                lines += [f"- {r['cfg']}: {fmt(r['ms'])}; {fmt(r.get('graph_ms'))}" for r in rows]
         lines.append("")
     return "\n".join(lines)
 

@@ -67,7 +67,7 @@ test_rc=$?
 
 # 2. The benchmark table.
 echo "== benchmark"
-timeout "$BENCH_LIMIT" "$PY" benchmarks/gpu_bench.py --out "$OUT" --sweep --sweep-budget 25 --compile-only edt-train ipt-train 2>&1 | tee "$OUT/bench.log"
+timeout "$BENCH_LIMIT" "$PY" benchmarks/gpu_bench.py --out "$OUT" --sweep --sweep-budget 40 --compile-only edt-train ipt-train 2>&1 | tee "$OUT/bench.log"
 bench_rc=$?
 [ $bench_rc -eq 124 ] && echo "gpu_check: benchmark stopped after ${BENCH_LIMIT}s (partial results in bench.md)" \
     | tee -a "$OUT/bench.log"
