@@ -195,16 +195,7 @@ def graphed_fwd_bwd(module, x, hw, grad, timer):
     whether it was the cause is not known)."""
     module = copy.deepcopy(module)
     xg = x.detach().clone().requires_grad_(True)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            module(xg, hw=hw).backward(grad)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        module(xg, hw=hw).backward(grad)
-    return timer(g.replay)
+    return graph_ms(lambda: module(xg, hw=hw).backward(grad), timer, reps=1)
 
 
 def graphed_callable_fwd_bwd(module, x, hw, grad, timer):
