@@ -44,11 +44,12 @@ def _gelu_grad(t):
 
 
 @triton.jit
-def _tile(u_ptr, base, P, p0, c, cmask, BP: tl.constexpr):
+def _tile(u_ptr, base, P, p0, c, cmask, cw, cb, BP: tl.constexpr):
+    """Pixels p0.. of the sample: their indices, mask, u tile and scores compress_w . u_p + b."""
     p = p0 + tl.arange(0, BP)
     pm = p < P
     ut = tl.load(u_ptr + base + c[:, None] * P + p[None, :], mask=cmask[:, None] & pm[None, :], other=0.0)
-    return p, pm, ut
+    return p, pm, ut, tl.sum(ut * cw[:, None], axis=0) + cb
 
 
 @triton.jit
@@ -64,15 +65,13 @@ def _softmax_pool(u_ptr, base, P, cw, cb, c, cmask, BH: tl.constexpr, BP: tl.con
     """(max score, sum of exp(score - max), pooled) for one sample."""
     mx = tl.full((BP,), float("-inf"), tl.float32)
     for p0 in range(0, P, BP):
-        p, pm, ut = _tile(u_ptr, base, P, p0, c, cmask, BP)
-        sc = tl.sum(ut * cw[:, None], axis=0) + cb
+        p, pm, ut, sc = _tile(u_ptr, base, P, p0, c, cmask, cw, cb, BP)
         mx = tl.maximum(mx, tl.where(pm, sc, float("-inf")))
     m = tl.max(mx, axis=0)
     ssum = tl.zeros((BP,), tl.float32)
     pooled = tl.zeros((BH,), tl.float32)
     for p0 in range(0, P, BP):
-        p, pm, ut = _tile(u_ptr, base, P, p0, c, cmask, BP)
-        sc = tl.sum(ut * cw[:, None], axis=0) + cb
+        p, pm, ut, sc = _tile(u_ptr, base, P, p0, c, cmask, cw, cb, BP)
         e = tl.where(pm, tl.exp(sc - m), 0.0)
         ssum += e
         pooled += tl.sum(ut * e[None, :], axis=1)
@@ -144,8 +143,7 @@ def _router_bwd_kernel(gcs_ptr, gcg_ptr, u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr
     gcw = tl.zeros((BH,), tl.float32)
     gcb = tl.zeros((BP,), tl.float32)
     for p0 in range(0, P, BP):
-        p, pm, ut = _tile(u_ptr, base, P, p0, c, cmask, BP)
-        sc = tl.sum(ut * cw[:, None], axis=0) + cb
+        p, pm, ut, sc = _tile(u_ptr, base, P, p0, c, cmask, cw, cb, BP)
         a = tl.where(pm, tl.exp(sc - m) * inv_s, 0.0)
         gs = a * (tl.sum(ut * gpool[:, None], axis=0) - dot)
         gu = gpool[:, None] * a[None, :] + cw[:, None] * gs[None, :]
