@@ -5,6 +5,10 @@ forward operators and whose backward calls their backward operators. It saves x,
 normalised head output xhat and g (two hidden-width tensors), the signs of the inverse
 transform packed 8 to a byte (1/32 of one), and per-sample vectors; u = xhat *
 bn_weight + bn_bias (one pass), l and sg are recomputed in the backward.
+
+With the "cpp" backend in eager mode the same chain runs as one C++ operator with a C++
+autograd node (adaptir_cpp::adaptir_chain, csrc/cpu/chain.cpp), bitwise the same results
+without Python between the operators; `CPP_CHAIN = False` turns that off.
 """
 
 from __future__ import annotations
@@ -49,6 +53,26 @@ local_branch, local_branch_backward = _dispatch(_local_branch, False), _dispatch
 global_branch, global_branch_backward = _dispatch(_global_branch, False), _dispatch(_global_branch, True)
 router, router_backward = _dispatch(_router, False), _dispatch(_router, True)
 combine_out, combine_out_backward = _dispatch(_combine_out, False), _dispatch(_combine_out, True)
+
+
+# With the "cpp" backend in eager mode the adapter runs as one C++ operator,
+# adaptir_cpp::adaptir_chain, whose autograd node is C++ too (csrc/cpu/chain.cpp): the same
+# operators in the same order as _AdaptIRChain, bitwise the same results, without the
+# interpreter between them. False runs _AdaptIRChain instead (operator by operator, e.g.
+# to time each one from Python).
+CPP_CHAIN = True
+
+_cpp_chain_ops = None
+
+
+def _cpp_chain():
+    """(adaptir_chain, bn_running_update_) of the C++ extension, or () where it lacks them."""
+    global _cpp_chain_ops
+    if _cpp_chain_ops is None:
+        ns = torch.ops.adaptir_cpp
+        _cpp_chain_ops = ((ns.adaptir_chain.default, ns.bn_running_update_.default)
+                          if hasattr(ns, "adaptir_chain") and hasattr(ns, "bn_running_update_") else ())
+    return _cpp_chain_ops
 
 
 class _AdaptIRChain(torch.autograd.Function):
@@ -176,10 +200,20 @@ class AdaptIR(ReferenceAdaptIR):
         cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
         params = self._chain_parameters()
         cast = any(t.dtype != cdt for t in params)
+        running_mean, running_var = bn.running_mean, bn.running_var
+        if (backend == "cpp" and CPP_CHAIN and not cast and running_mean is not None
+                and running_mean.dtype == cdt and running_var.dtype == cdt
+                and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+                and _cpp_chain()):
+            chain, update = _cpp_chain_ops
+            out, mean, var = chain(x, running_mean, running_var, params, training, float(bn.eps),
+                                   self.layout, H, W)
+            if bn.training and bn.track_running_stats:
+                update(running_mean, running_var, bn.num_batches_tracked, mean, var, bn.momentum, n * H * W)
+            return out
         if cast:
             params = [t.to(cdt) for t in params]
 
-        running_mean, running_var = bn.running_mean, bn.running_var
         if running_mean.dtype != cdt:
             running_mean, running_var = running_mean.to(cdt), running_var.to(cdt)
         cfg = (training, float(bn.eps), self.layout, H, W, backend, self._chain_views)

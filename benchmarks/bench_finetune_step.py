@@ -235,6 +235,9 @@ class OperatorClock:
     def __enter__(self) -> "OperatorClock":
         import adaptir_kernels.module as fused
 
+        # The C++ chain runs every operator inside one call: go operator by operator.
+        self._cpp_chain = fused.CPP_CHAIN
+        fused.CPP_CHAIN = False
         for base in self.NAMES:
             for name in (base, base + "_backward"):
                 fn = self._saved[name] = getattr(fused, name)
@@ -257,6 +260,7 @@ class OperatorClock:
 
         for name, fn in self._saved.items():
             setattr(fused, name, fn)
+        fused.CPP_CHAIN = self._cpp_chain
         return False
 
     def per_adapter_call_ms(self) -> Dict[str, float]:

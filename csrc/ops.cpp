@@ -52,6 +52,23 @@ TORCH_LIBRARY(adaptir_cpp, m) {
         "Tensor cs, Tensor tail_w, str layout) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 
+  // The whole adapter (steps 1-5) as one autograd node: x and the 24 parameters, in the
+  // order and shapes of adaptir_kernels.module._PARAMETERS -> (out, mean, var).
+  m.def("adaptir_chain(Tensor x, Tensor running_mean, Tensor running_var, Tensor[] params, "
+        "bool training, float eps, str layout, int H, int W) -> (Tensor, Tensor, Tensor)");
+  // Its two halves, which its autograd node calls: the forward with what the backward
+  // keeps, and the backward -> [grad_x, the 24 parameter gradients].
+  m.def("adaptir_chain_forward(Tensor x, Tensor running_mean, Tensor running_var, "
+        "Tensor[] params, bool training, float eps, str layout, int H, int W) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("adaptir_chain_backward(Tensor grad_out, Tensor x, Tensor xhat, Tensor g, Tensor sign, "
+        "Tensor gmean, Tensor cs, Tensor cg, Tensor var, Tensor[] params, bool training, "
+        "float eps, str layout, int H, int W) -> Tensor[]");
+  // BatchNorm2d's running-statistics update from a training batch's mean and biased var.
+  m.def("bn_running_update_(Tensor(a!) running_mean, Tensor(b!) running_var, "
+        "Tensor(c!) num_batches_tracked, Tensor mean, Tensor var, float? momentum, int count) "
+        "-> ()");
+
   // Tests: NaN-fill every output the kernels allocate (adaptir_kernels._alloc.poisoned).
   m.def("set_poison(bool on) -> ()", &adaptir::cpu::set_poison);
 }

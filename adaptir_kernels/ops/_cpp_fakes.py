@@ -73,6 +73,28 @@ def _combine_out_backward(grad_out, l, g, sg, cg, cs, tail_w, layout):
     return tuple(l.new_empty(t.shape) for t in (l, g, sg, cg, cs, tail_w))
 
 
+def _adaptir_chain(x, running_mean, running_var, params, training, eps, layout, H, W):
+    torch._check(layout in ("nhwc", "lnc"), lambda: f"adaptir_chain: layout must be 'nhwc' or 'lnc', got {layout!r}")
+    h = params[0].shape[0]
+    return x.new_empty(x.shape), params[0].new_empty((h,)), params[0].new_empty((h,))
+
+
+def _adaptir_chain_forward(x, running_mean, running_var, params, training, eps, layout, H, W):
+    out, mean, var = _adaptir_chain(x, running_mean, running_var, params, training, eps, layout, H, W)
+    N, h = _rows_n(x, layout), params[0].shape[0]
+    hidden = params[0].new_empty((N, h, H, W))
+    g, gmean, sign = _global_branch(hidden, *params[9:13])
+    return out, mean, var, _fresh(hidden), g, sign, gmean, _fresh(gmean), _fresh(gmean)
+
+
+def _adaptir_chain_backward(grad_out, x, xhat, g, sign, gmean, cs, cg, var, params, training, eps, layout, H, W):
+    return [_fresh(x)] + [_fresh(p) for p in params]
+
+
+def _bn_running_update_(running_mean, running_var, num_batches_tracked, mean, var, momentum, count):
+    return None
+
+
 FAKES = {
     "project_in": _project_in,
     "project_in_backward": _project_in_backward,
@@ -84,6 +106,10 @@ FAKES = {
     "router_backward": _router_backward,
     "combine_out": _combine_out,
     "combine_out_backward": _combine_out_backward,
+    "adaptir_chain": _adaptir_chain,
+    "adaptir_chain_forward": _adaptir_chain_forward,
+    "adaptir_chain_backward": _adaptir_chain_backward,
+    "bn_running_update_": _bn_running_update_,
 }
 
 
