@@ -9,6 +9,9 @@ Variants, measured in the same process on the same backbone weights:
            the cost of the frozen backbone itself.
     eager  adapters in every block, eager reference implementation.
     fused  adapters in every block, fused implementation (backend "auto" by default).
+    fused:<backend>  the same with that backend; fused:cpp-ops is the cpp backend run
+           operator by operator from Python instead of as one C++ operator (the C++
+           chain): the two in one run give what the C++ chain saves.
 The adapters' parameters are drawn at random first (a fresh adapter is an exact zero
 function with mostly vanishing gradients). The variants' steps are interleaved
 round-robin, so slow drifts of the machine reach every variant alike. Reported: the
@@ -86,8 +89,28 @@ def _build_variant(base: EDT, variant: str, backend: str, seed: int) -> EDT:
     inject(model, backend="reference")
     _randomize_adapters(model, seed)
     if variant.startswith("fused"):
-        fuse(model, backend=variant.partition(":")[2] or backend)
+        chosen = variant.partition(":")[2] or backend
+        fuse(model, backend="cpp" if chosen == CPP_OPS else chosen)
     return model
+
+
+# Variant "fused:cpp-ops": the cpp backend run operator by operator from Python (the fused
+# module's Python chain, module.CPP_CHAIN off during its steps) instead of as one C++
+# operator: the two interleaved in one run measure what the C++ chain saves.
+CPP_OPS = "cpp-ops"
+
+
+def _operator_by_operator(step: Callable) -> Callable:
+    import adaptir_kernels.module as fused
+
+    def run():
+        saved, fused.CPP_CHAIN = fused.CPP_CHAIN, False
+        try:
+            return step()
+        finally:
+            fused.CPP_CHAIN = saved
+
+    return run
 
 
 class _Mark(torch.autograd.Function):
@@ -360,6 +383,8 @@ def run(
             steps[v] = _make_step(model, x, target, AdapterClock(model) if v != "none" else None, parts[v])
         else:
             steps[v] = _make_step(model, x, target)
+        if v == "fused:" + CPP_OPS:
+            steps[v] = _operator_by_operator(steps[v])
     if dev.type == "cuda":
         # Peak memory per variant: one step each on a clean slate.
         for v, step in steps.items():
@@ -420,6 +445,7 @@ def _adapter_times(result: Dict, part_samples: Dict[str, Dict[str, List[float]]]
         if v in result["skipped"]:
             continue
         result["step_parts_s"][v] = {k: pick(vals) for k, vals in ps.items()}
+        result.setdefault("step_parts_all_s", {})[v] = {k: list(vals) for k, vals in ps.items()}
         n = len(ps["opt"])
         per_round = [ps.get("adapter_fwd", [0.0] * n)[i] + ps.get("adapter_bwd", [0.0] * n)[i] + ps["opt"][i]
                      for i in range(n)]
@@ -483,7 +509,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--patch", type=int, default=48)
     ap.add_argument("--backend", default="auto", help="fused backend: auto, triton, cpp, torch")
     ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help="comma-separated: none, eager, fused, fused:<backend> (e.g. fused:torch)")
+                    help="comma-separated: none, eager, fused, fused:<backend> (e.g. fused:torch; "
+                         "fused:cpp-ops: the cpp backend without the C++ chain)")
     ap.add_argument("--tiny", action="store_true", help="a small EDT (smoke test), not EDT-B")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)

@@ -84,5 +84,37 @@ def test_operator_clock_inside_the_step(bench):
     per_call_ms = 1e3 * (parts["adapter_fwd"] + parts["adapter_bwd"]) / res["adapter_calls"]["fused"][0]
     assert sum(ops.values()) < per_call_ms
     assert all(getattr(fused, n) is f for n, f in before.items())
+    assert fused.CPP_CHAIN is True  # the clock turned the C++ chain off while it ran
     with pytest.raises(ValueError, match="adapter_clock and op_clock need the CPU"):
         bench.run(device="meta", tiny=True, repeats=1, warmup=0, op_clock=True)
+
+
+def test_operator_by_operator_variant(bench):
+    """fused:cpp-ops runs the cpp backend through the Python chain (module.CPP_CHAIN off
+    during its steps only, also when a step raises) beside the C++ chain; every round's
+    clocked parts are kept."""
+    import adaptir_kernels.module as fused
+    from adaptir_kernels.backends import cpp_available
+
+    seen = []
+
+    def step():
+        seen.append(fused.CPP_CHAIN)
+        if len(seen) == 2:
+            raise RuntimeError("a failing step")
+
+    wrapped = bench._operator_by_operator(step)
+    wrapped()
+    with pytest.raises(RuntimeError, match="a failing step"):
+        wrapped()
+    assert seen == [False, False] and fused.CPP_CHAIN is True
+    if not cpp_available():
+        pytest.skip("the C++ extension is not built: no cpp variants to run")
+    res = bench.run(device="cpu", tiny=True, repeats=2, warmup=1, batch_size=1, backend="cpp",
+                    variants=("none", "fused", "fused:cpp-ops"))
+    assert set(res["times_s"]) == {"none", "fused", "fused:cpp-ops"}, res["skipped"]
+    for v in ("fused", "fused:cpp-ops"):
+        assert res["adapter_calls"][v] == [4, 4]
+        assert len(res["step_parts_all_s"][v]["adapter_bwd"]) == 2
+        assert res["adapter_overhead_direct_s"][v] > 0
+    assert fused.CPP_CHAIN is True
