@@ -27,7 +27,8 @@ adapter's backward nodes one after another: they were created together, after th
 block's FFN). The sum over the 36 adapters, forward and backward, plus the optimizer
 step, is the adapters' own time in the step. It does not depend on the difference of
 two whole-step times, whose noise on a shared machine can exceed the whole adapter
-cost. On CUDA the host clock would only see the launches, so it is not used there.
+cost. The fused/eager ratio of these overheads is given from the minima of the variants
+and round by round (each round's variants ran seconds apart), with the rounds' median. On CUDA the host clock would only see the launches, so it is not used there.
 `--op-clock` (CPU) also times every fused-operator call inside the step, to separate the
 operators' time from the rest of the adapter's (Python, small ops, autograd).
 
@@ -440,6 +441,7 @@ def _adapter_times(result: Dict, part_samples: Dict[str, Dict[str, List[float]]]
     adapters' overhead (that time less the optimizer step of `none`) and its fused/eager
     ratio."""
     own: Dict[str, float] = {}
+    rounds: Dict[str, List[float]] = {}
     result["step_parts_s"] = {}
     for v, ps in part_samples.items():
         if v in result["skipped"]:
@@ -447,9 +449,9 @@ def _adapter_times(result: Dict, part_samples: Dict[str, Dict[str, List[float]]]
         result["step_parts_s"][v] = {k: pick(vals) for k, vals in ps.items()}
         result.setdefault("step_parts_all_s", {})[v] = {k: list(vals) for k, vals in ps.items()}
         n = len(ps["opt"])
-        per_round = [ps.get("adapter_fwd", [0.0] * n)[i] + ps.get("adapter_bwd", [0.0] * n)[i] + ps["opt"][i]
+        rounds[v] = [ps.get("adapter_fwd", [0.0] * n)[i] + ps.get("adapter_bwd", [0.0] * n)[i] + ps["opt"][i]
                      for i in range(n)]
-        own[v] = pick(per_round)
+        own[v] = pick(rounds[v])
     if not own:
         return
     result["adapter_own_s"] = own
@@ -459,6 +461,13 @@ def _adapter_times(result: Dict, part_samples: Dict[str, Dict[str, List[float]]]
         result["adapter_overhead_direct_s"] = direct
         if direct.get("eager", 0.0) > 0 and "fused" in direct:
             result["adapter_overhead_ratio_fused_over_eager"] = direct["fused"] / direct["eager"]
+            # The same ratio round by round: the variants of one round ran seconds apart, so a
+            # drift of the machine reaches both, where the minima may come from different rounds.
+            per_round = [(f - b) / (e - b) for f, e, b in zip(rounds["fused"], rounds["eager"], rounds["none"])
+                         if e > b]
+            if per_round:
+                result["adapter_overhead_ratio_fused_over_eager_by_round"] = per_round
+                result["adapter_overhead_ratio_fused_over_eager_median_of_rounds"] = statistics.median(per_round)
 
 
 def _format(res: Dict) -> str:
@@ -496,6 +505,10 @@ def _format(res: Dict) -> str:
     if "adapter_overhead_ratio_fused_over_eager" in res:
         lines.append(f"  adapter overhead clocked inside the step: fused / eager = "
                      f"{res['adapter_overhead_ratio_fused_over_eager']:.2f}")
+    if "adapter_overhead_ratio_fused_over_eager_by_round" in res:
+        by_round = res["adapter_overhead_ratio_fused_over_eager_by_round"]
+        lines.append(f"  the same round by round: median {res['adapter_overhead_ratio_fused_over_eager_median_of_rounds']:.2f} "
+                     f"({', '.join(f'{r:.2f}' for r in by_round)})")
     return "\n".join(lines)
 
 

@@ -32,6 +32,14 @@ def test_adapter_clock_inside_the_step(bench):
     assert "adapter_fwd" not in res["step_parts_s"]["none"]
     assert res["adapter_overhead_ratio_fused_over_eager"] == pytest.approx(
         res["adapter_overhead_direct_s"]["fused"] / res["adapter_overhead_direct_s"]["eager"])
+    # round by round: each round's own (fwd + bwd + optimizer step, less none's step) ratio
+    parts = res["step_parts_all_s"]
+    own = {v: [f + b + o for f, b, o in zip(parts[v]["adapter_fwd"], parts[v]["adapter_bwd"], parts[v]["opt"])]
+           for v in ("eager", "fused")}
+    expected = [(f - n) / (e - n) for f, e, n in zip(own["fused"], own["eager"], parts["none"]["opt"])]
+    assert res["adapter_overhead_ratio_fused_over_eager_by_round"] == pytest.approx(expected)
+    assert len(expected) == 2
+    assert res["adapter_overhead_ratio_fused_over_eager_median_of_rounds"] == pytest.approx(sorted(expected)[0] / 2 + sorted(expected)[1] / 2)
 
 
 def test_adapter_clock_refuses_other_devices(bench):
