@@ -7,8 +7,8 @@ transform packed 8 to a byte (1/32 of one), and per-sample vectors; u = xhat *
 bn_weight + bn_bias (one pass), l and sg are recomputed in the backward.
 
 With the "cpp" backend in eager mode the same chain runs as one C++ operator with a C++
-autograd node (adaptir_cpp::adaptir_chain, csrc/cpu/chain.cpp), bitwise the same results
-without Python between the operators; `CPP_CHAIN = False` turns that off.
+autograd node (adaptir_cpp::adaptir_chain, csrc/cpu/chain.cpp): bitwise the same output and
+gradients without Python between the operators; `CPP_CHAIN = False` turns that off.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ combine_out, combine_out_backward = _dispatch(_combine_out, False), _dispatch(_c
 
 # With the "cpp" backend in eager mode the adapter runs as one C++ operator,
 # adaptir_cpp::adaptir_chain, whose autograd node is C++ too (csrc/cpu/chain.cpp): the same
-# operators in the same order as _AdaptIRChain, bitwise the same results, without the
+# operators in the same order as _AdaptIRChain, bitwise the same output and gradients, without the
 # interpreter between them. False runs _AdaptIRChain instead (operator by operator, e.g.
 # to time each one from Python).
 CPP_CHAIN = True
