@@ -52,13 +52,16 @@ def _both_paths(mod, x, hw, steps=2, monkeypatch=None):
 
 
 def _assert_same_buffers(b_c, b_p):
-    """num_batches_tracked equal; the running statistics to within an ulp or two: the C++
-    update computes in double and rounds once, the Python path's in-place ops round twice."""
+    """num_batches_tracked equal; the running statistics up to rounding: the C++ update
+    computes in double and rounds once, the Python path's in-place ops round twice, so an
+    entry where (1 - f) running and f batch nearly cancel may differ by a few ulps of the
+    terms, not of the result (the C++ one is the closer to the exact update there)."""
     assert b_c.keys() == b_p.keys()
     for name in b_c:
         if b_c[name].is_floating_point():
             eps = torch.finfo(b_c[name].dtype).eps
-            torch.testing.assert_close(b_c[name], b_p[name], rtol=4 * eps, atol=0, msg=name)
+            scale = max(1.0, b_p[name].abs().max().item())
+            torch.testing.assert_close(b_c[name], b_p[name], rtol=4 * eps, atol=4 * eps * scale, msg=name)
         else:
             assert torch.equal(b_c[name], b_p[name]), name
 

@@ -4,10 +4,11 @@
 // Function in adaptir_kernels/module.py (same saved tensors, same recomputation, same
 // order of the gradient sums), so its output and gradients are bitwise those of that path
 // with the "cpp" backend. The running statistics are updated in double and rounded once
-// (the Python path's in-place ATen ops round twice): the same to within an ulp. What it removes is the interpreter: one call from Python runs the
-// forward, and the backward runs without entering Python at all. Inside a training
-// step, where each Python line and each dispatcher call finds its code out of the
-// caches, that is about a millisecond per adapter call.
+// (the Python path's in-place ATen ops round twice): the same up to rounding. What the
+// chain removes is the interpreter: one call from Python runs the forward, and the
+// backward runs without entering Python at all. Inside a training step, where each
+// Python line and each dispatcher call finds its code out of the caches, that is about a
+// millisecond per adapter call.
 #include "chain.h"
 
 #include "combine_out.h"
