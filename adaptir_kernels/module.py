@@ -201,7 +201,12 @@ class AdaptIR(ReferenceAdaptIR):
         params = self._chain_parameters()
         cast = any(t.dtype != cdt for t in params)
         running_mean, running_var = bn.running_mean, bn.running_var
-        if (backend == "cpp" and CPP_CHAIN and not cast and running_mean is not None
+        if running_mean is None or running_var is None:
+            # A BatchNorm without running statistics normalises with the batch's, in eval
+            # mode too (training is True here), and updates nothing: placeholders, never read.
+            running_mean = torch.zeros(self.hidden, dtype=cdt, device=x.device)
+            running_var = torch.ones(self.hidden, dtype=cdt, device=x.device)
+        if (backend == "cpp" and CPP_CHAIN and not cast
                 and running_mean.dtype == cdt and running_var.dtype == cdt
                 and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
                 and _cpp_chain()):

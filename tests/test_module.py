@@ -177,6 +177,21 @@ def test_kept_parameter_views_follow_the_parameters(backend):
         out.backward()
 
 
+@pytest.mark.parametrize("backend", [b for b in ("torch", "cpp") if b in available_backends("cpu")])
+def test_batchnorm_without_running_statistics(backend):
+    """A BN replaced by one without running statistics (its buffers are None) normalises
+    with the batch's in train and eval mode, as the reference does."""
+    ref, mod = make_pair(fused(backend), seed=41)
+    for m in (ref, mod):
+        m.BN = torch.nn.BatchNorm2d(m.hidden, track_running_stats=False)
+        torch.nn.init.normal_(m.BN.weight, 1.0, 0.2), torch.nn.init.normal_(m.BN.bias, 0.0, 0.2)
+    mod.BN.load_state_dict(ref.BN.state_dict())
+    x = make_input("nhwc", 2, 4, 5, 56, seed=42)
+    for training in (True, False):
+        ref.train(training), mod.train(training)
+        compare_modules(ref, mod, x)
+
+
 def test_backend_selection(monkeypatch):
     assert resolve_backend("torch", "cpu") == "torch"
     with pytest.raises(ValueError, match="unknown backend"):
