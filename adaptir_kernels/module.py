@@ -13,6 +13,7 @@ gradients without Python between the operators; `CPP_CHAIN = False` turns that o
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -185,13 +186,15 @@ class AdaptIR(ReferenceAdaptIR):
         self._chain_views = tuple(None if view is None else view(h, C, ci) for _, view in _PARAMETERS)
         self._chain_slots = None
         self._chain_op_cache = None
+        self._backend_memo = {}
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", backend={self.backend!r}"
 
     def forward(self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         n, H, W = resolve_input(x, self.layout, self.d_model, hw)
-        backend = resolve_backend(self.backend, x.device, x.dtype)
+        compiling = torch.compiler.is_compiling()
+        backend = resolve_backend(self.backend, x.device, x.dtype) if compiling else self._backend_for(x)
         bn = self.BN
         training = bn.training or not bn.track_running_stats
         if training and n * H * W <= 1:
@@ -199,17 +202,20 @@ class AdaptIR(ReferenceAdaptIR):
                 f"training-mode BatchNorm needs more than one value per channel, got N*H*W = {n * H * W}")
         cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
         params = self._chain_parameters()
-        cast = any(t.dtype != cdt for t in params)
+        cast = False
+        for t in params:
+            if t.dtype != cdt:
+                cast = True
+                break
         running_mean, running_var = bn.running_mean, bn.running_var
         if running_mean is None or running_var is None:
             # A BatchNorm without running statistics normalises with the batch's, in eval
             # mode too (training is True here), and updates nothing: placeholders, never read.
             running_mean = torch.zeros(self.hidden, dtype=cdt, device=x.device)
             running_var = torch.ones(self.hidden, dtype=cdt, device=x.device)
-        if (backend == "cpp" and CPP_CHAIN and not cast
+        if (backend == "cpp" and CPP_CHAIN and not cast and not compiling
                 and running_mean.dtype == cdt and running_var.dtype == cdt
-                and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
-                and _cpp_chain()):
+                and not torch.is_autocast_enabled("cpu") and _cpp_chain()):
             chain, update = _cpp_chain_ops
             out, mean, var = chain(x, running_mean, running_var, params, training, float(bn.eps),
                                    self.layout, H, W)
@@ -222,7 +228,7 @@ class AdaptIR(ReferenceAdaptIR):
         if running_mean.dtype != cdt:
             running_mean, running_var = running_mean.to(cdt), running_var.to(cdt)
         cfg = (training, float(bn.eps), self.layout, H, W, backend, self._chain_views)
-        op_params = None if cast or torch.compiler.is_compiling() else self._chain_op_params(params)
+        op_params = None if cast or compiling else self._chain_op_params(params)
         args = (x.contiguous(), running_mean, running_var, cfg, op_params, *params)
         if torch.is_autocast_enabled(x.device.type):
             # The kernels read and write x's dtype and compute in float32 themselves.
@@ -243,9 +249,29 @@ class AdaptIR(ReferenceAdaptIR):
         rebuilds them); parameters replaced inside a module's dict are seen as they are.
         """
         slots = self._chain_slots
-        if slots is None or any(owner._modules.get(name) is not child for owner, name, child in slots[1]):
+        if slots is not None:
+            for owner, name, child in slots[1]:
+                if owner._modules.get(name) is not child:
+                    slots = None
+                    break
+        if slots is None:
             slots = self._chain_slots = self._find_chain_slots()
         return [d[name] for d, name in slots[0]]
+
+    def _backend_for(self, x: torch.Tensor) -> str:
+        """resolve_backend's answer for x, kept per (backend, device, dtype, ADAPTIR_BACKEND).
+
+        Resolving takes tens of microseconds inside a training step (an import statement,
+        the extension's checks), against a dictionary lookup. An answer that raised is
+        not kept: the error repeats on every call.
+        """
+        requested = self.backend
+        key = (requested, x.device, x.dtype,
+               os.environ.get("ADAPTIR_BACKEND") if requested == "auto" else None)
+        backend = self._backend_memo.get(key)
+        if backend is None:
+            backend = self._backend_memo[key] = resolve_backend(requested, x.device, x.dtype)
+        return backend
 
     def _chain_op_params(self, params: list) -> tuple:
         """The parameters in the operators' shapes, as detached views kept between calls.

@@ -124,6 +124,28 @@ def test_which_path_runs(monkeypatch):
     assert "_AdaptIRChain" in half(x).grad_fn.name()
 
 
+def test_backend_choice_follows_the_module_and_the_environment(monkeypatch):
+    """The module keeps its resolved backend per (backend, device, dtype, ADAPTIR_BACKEND):
+    a new `backend` value or environment takes effect at the next call, and a choice that
+    raised raises again."""
+    monkeypatch.delenv("ADAPTIR_BACKEND", raising=False)
+    x = make_input("nhwc", 2, 3, 4, 56, seed=8).requires_grad_(True)
+    mod = randomize(AdaptIR(56, backend="auto"), seed=9)
+    assert CHAIN_NODE in mod(x).grad_fn.name()
+    monkeypatch.setenv("ADAPTIR_BACKEND", "torch")
+    assert "_AdaptIRChain" in mod(x).grad_fn.name()
+    monkeypatch.setenv("ADAPTIR_BACKEND", "nope")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="ADAPTIR_BACKEND"):
+            mod(x)
+    monkeypatch.delenv("ADAPTIR_BACKEND")
+    assert CHAIN_NODE in mod(x).grad_fn.name()
+    mod.backend = "torch"
+    assert "_AdaptIRChain" in mod(x).grad_fn.name()
+    mod.backend = "cpp"
+    assert CHAIN_NODE in mod(x).grad_fn.name()
+
+
 def test_inference_mode_and_no_grad(monkeypatch):
     """Below autograd (inference_mode) the op's CPU kernel runs the forward alone."""
     mod = randomize(AdaptIR(56, backend="cpp"), seed=10).eval()
