@@ -18,7 +18,7 @@ round-robin, so slow drifts of the machine reach every variant alike. Reported: 
 minimum (CPU: foreign load only ever adds time) or median (CUDA) step time per variant,
 and the adapters' overhead over `none`.
 
-On the CPU the adapters are also clocked inside the step (`AdapterClock`): a forward
+The adapters are also clocked inside the step (`AdapterClock`): a forward
 pre-hook and hook around every adapter call, and two identity autograd nodes, one on
 the adapter's input and one on its output, whose backward marks when the gradient
 reaches the adapter and when it has passed through (with hooks on the parameters'
@@ -28,7 +28,11 @@ block's FFN). The sum over the 36 adapters, forward and backward, plus the optim
 step, is the adapters' own time in the step. It does not depend on the difference of
 two whole-step times, whose noise on a shared machine can exceed the whole adapter
 cost. The fused/eager ratio of these overheads is given from the minima of the variants
-and round by round (each round's variants ran seconds apart), with the rounds' median. On CUDA the host clock would only see the launches, so it is not used there.
+and round by round (each round's variants ran seconds apart), with the rounds' median.
+The clock's marks are host-clock readings on the CPU. On CUDA, where the host clock would
+only see the launches, they are CUDA events on the current stream (the autograd engine
+runs the backward on the forward's stream): an adapter's interval is then the GPU's time
+from its first kernel to its last, including any wait of the GPU for the host's launches.
 `--op-clock` (CPU) also times every fused-operator call inside the step, to separate the
 operators' time from the rest of the adapter's (Python, small ops, autograd).
 
@@ -128,16 +132,41 @@ class _Mark(torch.autograd.Function):
         return grad, None
 
 
+class Timer:
+    """Stamps and the time between two of them: the host clock on the CPU; on CUDA, events
+    recorded on the current stream, so an interval is the GPU's time between the two
+    points of its stream (the kernels launched between them, and any gap where the GPU
+    waited for the host). `seconds` of CUDA stamps needs the stream to have reached them
+    (synchronize first)."""
+
+    def __init__(self, device="cpu"):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def stamp(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start, end) -> float:
+        return start.elapsed_time(end) / 1e3 if self.cuda else end - start
+
+
 class AdapterClock:
-    """Host-clock time spent inside every adapter of a model, forward and backward, per
-    step (CPU only: on an asynchronous device the host sees the launches, not the work).
+    """Time spent inside every adapter of a model, forward and backward, per step: the host
+    clock on the CPU, CUDA events on CUDA (`Timer`), where the host clock would only see
+    the launches.
 
-    `start_step()` clears the step's sums; after the step, `fwd` and `bwd` hold them in
-    seconds and `calls` the number of adapter calls forward and backward."""
+    `start_step()` clears the step's intervals; after the step, `collect()` (on CUDA once
+    the device has been synchronised) sums them: `fwd` and `bwd` then hold the step's
+    sums in seconds and `calls` the number of adapter calls forward and backward."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, device="cpu"):
+        self.timer = Timer(device)
         self.fwd = self.bwd = 0.0
         self.calls = [0, 0]
+        self.intervals: List[Tuple[int, object, object]] = []
         self.handles = []
         for m in adapter_modules(model).values():
             self._attach(m)
@@ -148,14 +177,15 @@ class AdapterClock:
         # input mark: `pending` counts these events down.
         params = [p for p in m.parameters() if p.requires_grad]
         state = {"pending": 0}
+        stamp = self.timer.stamp
 
         def grad_in():  # backward reached the adapter's output
-            state["b0"] = time.perf_counter()
+            state["b0"] = stamp()
 
         def one_done(*_):
             state["pending"] -= 1
             if state["pending"] == 0 and "b0" in state:
-                self.bwd += time.perf_counter() - state.pop("b0")
+                self.intervals.append((1, state.pop("b0"), stamp()))
                 self.calls[1] += 1
 
         def pre(_module, args, kwargs):
@@ -164,11 +194,11 @@ class AdapterClock:
             if torch.is_grad_enabled() and x.requires_grad:
                 args = (_Mark.apply(x, one_done),) + tuple(args[1:])
                 state["pending"] += 1
-            state["f0"] = time.perf_counter()
+            state["f0"] = stamp()
             return args, kwargs
 
         def post(_module, _args, _kwargs, out):
-            self.fwd += time.perf_counter() - state.pop("f0")
+            self.intervals.append((0, state.pop("f0"), stamp()))
             self.calls[0] += 1
             if torch.is_grad_enabled() and out.requires_grad:
                 return _Mark.apply(out, grad_in)
@@ -182,6 +212,15 @@ class AdapterClock:
     def start_step(self) -> None:
         self.fwd = self.bwd = 0.0
         self.calls = [0, 0]
+        self.intervals.clear()
+
+    def collect(self) -> None:
+        """Sum the step's intervals into `fwd` and `bwd` (seconds)."""
+        sums = [0.0, 0.0]
+        for kind, start, end in self.intervals:
+            sums[kind] += self.timer.seconds(start, end)
+        self.fwd, self.bwd = sums
+        self.intervals.clear()
 
     def remove(self) -> None:
         for h in self.handles:
@@ -189,12 +228,15 @@ class AdapterClock:
         self.handles.clear()
 
 
-def _make_step(model, x, target, clock: Optional[AdapterClock] = None, parts: Optional[Dict] = None):
-    """One training step; with `clock`, `parts` receives the step's adapter forward and
-    backward time and the optimizer step's time (seconds)."""
+def _make_step(model, x, target, clock: Optional[AdapterClock] = None, parts: Optional[Dict] = None,
+               timer: Optional[Timer] = None):
+    """One training step. With `parts`, it receives the optimizer step's time (seconds, by
+    `timer`, else the clock's, else the host clock) and, with `clock`, the step's adapter
+    forward and backward time."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, lr=1e-4, weight_decay=0.01)  # as `adaptir train` builds it
     model.train()
+    timer = timer or (clock.timer if clock is not None else Timer())
 
     def step():
         if clock is not None:
@@ -202,11 +244,15 @@ def _make_step(model, x, target, clock: Optional[AdapterClock] = None, parts: Op
         opt.zero_grad(set_to_none=True)
         loss = F.l1_loss(model(x), target)
         loss.backward()
-        t0 = time.perf_counter()
+        t0 = timer.stamp()
         opt.step()
+        t1 = timer.stamp()
         if parts is not None:
-            parts["opt"] = time.perf_counter() - t0
+            if timer.cuda:
+                torch.cuda.synchronize()
+            parts["opt"] = timer.seconds(t0, t1)
             if clock is not None:
+                clock.collect()
                 parts["adapter_fwd"], parts["adapter_bwd"] = clock.fwd, clock.bwd
                 parts["adapter_calls"] = list(clock.calls)
 
@@ -314,8 +360,9 @@ def run(
 ) -> Dict:
     """Time one fine-tuning step per variant; returns a dict with per-variant step times
     (seconds), the adapters' overhead over `none` and the fused speed-up over eager.
-    adapter_clock (default: on for the CPU): also clock the adapters inside the step
-    (`AdapterClock`) and the optimizer step, and report the adapters' own time.
+    adapter_clock (default: on): also clock the adapters inside the step (`AdapterClock`:
+    the host clock on the CPU, CUDA events on CUDA) and the optimizer step, and report the
+    adapters' own time.
     op_clock (CPU): also time every fused-operator call (`OperatorClock`)."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -327,10 +374,11 @@ def run(
     if stat is None:
         stat = "median" if dev.type == "cuda" else "min"
     if adapter_clock is None:
-        adapter_clock = dev.type == "cpu"
-    if (adapter_clock or op_clock) and dev.type != "cpu":
-        raise ValueError("adapter_clock and op_clock need the CPU: on an asynchronous device the host clock "
-                         "sees only launches")
+        adapter_clock = dev.type in ("cpu", "cuda")
+    if adapter_clock and dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"adapter_clock needs the CPU (host clock) or CUDA (events), got device {dev}")
+    if op_clock and dev.type != "cpu":
+        raise ValueError("op_clock needs the CPU: on an asynchronous device the host clock sees only launches")
     if stat not in ("min", "median"):
         raise ValueError(f"stat must be 'min' or 'median', got {stat!r}")
     unknown = {v for v in variants if v not in VARIANTS and not v.startswith("fused:")}
@@ -381,7 +429,8 @@ def run(
         result["trainable"][v] = int(trainable_parameters(model))
         if adapter_clock:
             parts[v] = {}
-            steps[v] = _make_step(model, x, target, AdapterClock(model) if v != "none" else None, parts[v])
+            steps[v] = _make_step(model, x, target, AdapterClock(model, dev) if v != "none" else None, parts[v],
+                                  Timer(dev))
         else:
             steps[v] = _make_step(model, x, target)
         if v == "fused:" + CPP_OPS:
@@ -530,7 +579,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--stat", choices=("min", "median"), default=None,
                     help="statistic of the timed rounds (default: min on the CPU, median on CUDA)")
     ap.add_argument("--no-adapter-clock", action="store_true",
-                    help="do not clock the adapters inside the step (on by default on the CPU)")
+                    help="do not clock the adapters inside the step (on by default: host clock on the CPU, "
+                         "CUDA events on CUDA)")
     ap.add_argument("--op-clock", action="store_true",
                     help="also time every fused-operator call inside the step (CPU)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
@@ -543,7 +593,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         res = run(device=d, batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, task=args.task,
                   patch=args.patch, backend=args.backend, variants=[v for v in args.variants.split(",") if v],
                   tiny=args.tiny, seed=args.seed, threads=args.threads, verbose=True,
-                  stat=args.stat, adapter_clock=False if args.no_adapter_clock or d != "cpu" else None,
+                  stat=args.stat, adapter_clock=False if args.no_adapter_clock else None,
                   op_clock=args.op_clock and d == "cpu")
         print(_format(res), flush=True)
         results.append(res)

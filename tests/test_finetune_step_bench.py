@@ -43,9 +43,63 @@ def test_adapter_clock_inside_the_step(bench):
 
 
 def test_adapter_clock_refuses_other_devices(bench):
-    # any device but the CPU ("meta" stands for an asynchronous one here)
-    with pytest.raises(ValueError, match="adapter_clock and op_clock need the CPU"):
+    # the adapter clock: CPU (host clock) and CUDA (events); the operator clock: CPU only
+    with pytest.raises(ValueError, match="adapter_clock needs the CPU"):
         bench.run(device="meta", tiny=True, repeats=1, warmup=0, adapter_clock=True)
+    with pytest.raises(ValueError, match="op_clock needs the CPU"):
+        bench.run(device="meta", tiny=True, repeats=1, warmup=0, adapter_clock=False, op_clock=True)
+
+
+class _FakeEvent:
+    """Stands in for torch.cuda.Event: a host-clock reading taken at record()."""
+
+    def __init__(self, enable_timing=False):
+        assert enable_timing
+        self.t = None
+
+    def record(self, stream=None):
+        import time
+
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end):  # milliseconds, as CUDA events give them
+        return (end.t - self.t) * 1e3
+
+
+def test_adapter_clock_with_events(bench, monkeypatch):
+    """On CUDA the clock's marks are events, read once the step has synchronised: checked
+    on the CPU with stand-in events that read the host clock, against a host-clock clock
+    hooked to the same adapters in the same step."""
+    import torch
+
+    from adaptir_kernels.adapters import inject
+    from adaptir_kernels.backbones import EDT
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: synced.append(len(events.intervals)))
+    torch.manual_seed(0)
+    model = inject(EDT("sr_2", **bench.TINY), backend="reference")
+    bench._randomize_adapters(model, seed=3)
+    x, target = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 48, 48)
+    events, host = bench.AdapterClock(model, "cuda"), bench.AdapterClock(model, "cpu")
+    assert events.timer.cuda and not host.timer.cuda
+    parts = {}
+    step = bench._make_step(model, x, target, events, parts)
+    for _ in range(2):
+        host.start_step()
+        step()
+        host.collect()
+        # synchronised with all 8 intervals (4 adapters, forward and backward) recorded,
+        # before they were read
+        assert synced[-1] == 8 and not events.intervals
+        assert parts["adapter_calls"] == [4, 4] == host.calls
+        assert parts["adapter_fwd"] == events.fwd > 0 and parts["adapter_bwd"] == events.bwd > 0
+        assert parts["opt"] > 0
+        # the two clocks mark the same spans, a few hook calls apart
+        assert events.fwd == pytest.approx(host.fwd, rel=0.5)
+        assert events.bwd == pytest.approx(host.bwd, rel=0.5)
+    events.remove(), host.remove()
 
 
 def test_adapter_clock_leaves_the_model_unchanged(bench):
@@ -93,8 +147,6 @@ def test_operator_clock_inside_the_step(bench):
     assert sum(ops.values()) < per_call_ms
     assert all(getattr(fused, n) is f for n, f in before.items())
     assert fused.CPP_CHAIN is True  # the clock turned the C++ chain off while it ran
-    with pytest.raises(ValueError, match="adapter_clock and op_clock need the CPU"):
-        bench.run(device="meta", tiny=True, repeats=1, warmup=0, op_clock=True)
 
 
 def test_operator_by_operator_variant(bench):
