@@ -63,7 +63,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from adaptir_kernels.adapters import adapter_modules, fuse, inject, trainable_parameters  # noqa: E402
 from adaptir_kernels.backbones import EDT  # noqa: E402
-from adaptir_kernels.bench import source_revision  # noqa: E402
+from adaptir_kernels.bench import Clock, source_revision  # noqa: E402
 from adaptir_kernels.train import make_optimizer  # noqa: E402
 
 VARIANTS = ("none", "eager", "fused")
@@ -132,38 +132,18 @@ class _Mark(torch.autograd.Function):
         return grad, None
 
 
-class Timer:
-    """Stamps and the time between two of them: the host clock on the CPU; on CUDA, events
-    recorded on the current stream, so an interval is the GPU's time between the two
-    points of its stream (the kernels launched between them, and any gap where the GPU
-    waited for the host). `seconds` of CUDA stamps needs the stream to have reached them
-    (synchronize first)."""
-
-    def __init__(self, device="cpu"):
-        self.cuda = torch.device(device).type == "cuda"
-
-    def stamp(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def seconds(self, start, end) -> float:
-        return start.elapsed_time(end) / 1e3 if self.cuda else end - start
-
-
 class AdapterClock:
     """Time spent inside every adapter of a model, forward and backward, per step: the host
-    clock on the CPU, CUDA events on CUDA (`Timer`), where the host clock would only see
-    the launches.
+    clock on the CPU; on CUDA, where the host clock would only see the launches, CUDA
+    events on the current stream (`adaptir_kernels.bench.Clock`), so that an interval is
+    the GPU's time between two points of its stream, waits for the host included.
 
     `start_step()` clears the step's intervals; after the step, `collect()` (on CUDA once
     the device has been synchronised) sums them: `fwd` and `bwd` then hold the step's
     sums in seconds and `calls` the number of adapter calls forward and backward."""
 
     def __init__(self, model: torch.nn.Module, device="cpu"):
-        self.timer = Timer(device)
+        self.timer = Clock(device, flush_l2=False)
         self.fwd = self.bwd = 0.0
         self.calls = [0, 0]
         self.intervals: List[Tuple[int, object, object]] = []
@@ -177,7 +157,7 @@ class AdapterClock:
         # input mark: `pending` counts these events down.
         params = [p for p in m.parameters() if p.requires_grad]
         state = {"pending": 0}
-        stamp = self.timer.stamp
+        stamp = self.timer.mark
 
         def grad_in():  # backward reached the adapter's output
             state["b0"] = stamp()
@@ -218,7 +198,7 @@ class AdapterClock:
         """Sum the step's intervals into `fwd` and `bwd` (seconds)."""
         sums = [0.0, 0.0]
         for kind, start, end in self.intervals:
-            sums[kind] += self.timer.seconds(start, end)
+            sums[kind] += self.timer.ms(start, end) / 1e3
         self.fwd, self.bwd = sums
         self.intervals.clear()
 
@@ -229,14 +209,14 @@ class AdapterClock:
 
 
 def _make_step(model, x, target, clock: Optional[AdapterClock] = None, parts: Optional[Dict] = None,
-               timer: Optional[Timer] = None):
+               timer: Optional[Clock] = None):
     """One training step. With `parts`, it receives the optimizer step's time (seconds, by
     `timer`, else the clock's, else the host clock) and, with `clock`, the step's adapter
     forward and backward time."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, lr=1e-4, weight_decay=0.01)  # as `adaptir train` builds it
     model.train()
-    timer = timer or (clock.timer if clock is not None else Timer())
+    timer = timer or (clock.timer if clock is not None else Clock("cpu", flush_l2=False))
 
     def step():
         if clock is not None:
@@ -244,13 +224,12 @@ def _make_step(model, x, target, clock: Optional[AdapterClock] = None, parts: Op
         opt.zero_grad(set_to_none=True)
         loss = F.l1_loss(model(x), target)
         loss.backward()
-        t0 = timer.stamp()
+        t0 = timer.mark()
         opt.step()
-        t1 = timer.stamp()
+        t1 = timer.mark()
         if parts is not None:
-            if timer.cuda:
-                torch.cuda.synchronize()
-            parts["opt"] = timer.seconds(t0, t1)
+            timer.sync()  # CUDA: the events must have been reached before they are read
+            parts["opt"] = timer.ms(t0, t1) / 1e3
             if clock is not None:
                 clock.collect()
                 parts["adapter_fwd"], parts["adapter_bwd"] = clock.fwd, clock.bwd
@@ -430,7 +409,7 @@ def run(
         if adapter_clock:
             parts[v] = {}
             steps[v] = _make_step(model, x, target, AdapterClock(model, dev) if v != "none" else None, parts[v],
-                                  Timer(dev))
+                                  Clock(dev, flush_l2=False))
         else:
             steps[v] = _make_step(model, x, target)
         if v == "fused:" + CPP_OPS:
