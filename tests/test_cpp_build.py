@@ -1,11 +1,13 @@
 """The standalone CMake build of csrc/ (library + C++ tests) configures, builds and
-passes ctest against the libtorch inside the installed torch."""
+passes ctest against the libtorch inside the installed torch; setup.py builds the
+extension without OpenMP where the compiler lacks it."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,28 @@ def test_cmake_build_and_ctest(tmp_path):
     _run(["cmake", "--build", str(build), "-j", jobs], cwd=tmp_path, timeout=1200)
     proc = _run(["ctest", "--test-dir", str(build), "--output-on-failure"], cwd=tmp_path, timeout=300)
     assert "100% tests passed" in proc.stdout
+
+
+def _setup_version(tmp_path, **env):
+    """`python setup.py --version` with `env` added: runs setup.py's compiler probe."""
+    full = {**os.environ, **env}
+    proc = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler on PATH")
+def test_setup_builds_without_openmp_where_the_compiler_lacks_it(tmp_path):
+    """A compiler that rejects -fopenmp (as Apple's clang does) gets an extension built
+    without it, with a message, instead of a failed install; a compiler that has it, or
+    ADAPTIR_OPENMP=0, gets no message."""
+    real = shutil.which("c++") or shutil.which("g++")
+    fake = tmp_path / "cxx-without-openmp"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do\n  [ "$a" = "-fopenmp" ] && { echo "unsupported option -fopenmp" >&2; exit 1; }\n'
+                    f'done\nexec {real} "$@"\n')
+    fake.chmod(0o755)
+    message = "does not build OpenMP code with -fopenmp"
+    assert message in _setup_version(tmp_path, CXX=str(fake)).stderr
+    assert message not in _setup_version(tmp_path, CXX=real).stderr
+    assert message not in _setup_version(tmp_path, CXX=str(fake), ADAPTIR_OPENMP="0").stderr
