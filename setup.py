@@ -12,7 +12,6 @@ import os
 import shlex
 import subprocess
 import sys
-import sysconfig
 import tempfile
 
 from setuptools import find_namespace_packages, setup
@@ -20,12 +19,12 @@ from setuptools import find_namespace_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def openmp_flags():
-    """["-fopenmp"] if the C++ compiler builds and links an OpenMP program with it, else []
-    (the kernels guard every OpenMP use with _OPENMP)."""
+def openmp_flags(compiler):
+    """["-fopenmp"] if `compiler` (the one torch's extension build uses) builds and links an
+    OpenMP program with it, else [] (the kernels guard every OpenMP use with _OPENMP)."""
     if os.environ.get("ADAPTIR_OPENMP", "") == "0":
         return []
-    cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
+    cxx = shlex.split(compiler)
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.cpp")
         with open(src, "w") as f:
@@ -47,9 +46,9 @@ def openmp_flags():
 def extensions():
     if os.environ.get("ADAPTIR_NO_EXT", "") == "1":
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, get_cxx_compiler
 
-    omp = openmp_flags()
+    omp = openmp_flags(get_cxx_compiler())
 
     # Relative paths: setuptools rejects absolute source paths. csrc/tests is
     # CMake-only; csrc/module.cpp is the Python entry point of _C.
