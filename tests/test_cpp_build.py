@@ -43,7 +43,7 @@ def test_cmake_build_and_ctest(tmp_path):
     assert "100% tests passed" in proc.stdout
 
 
-def _setup_version(tmp_path, **env):
+def _setup_version(**env):
     """`python setup.py --version` with `env` added: runs setup.py's compiler probe."""
     full = {**os.environ, **env}
     proc = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, env=full,
@@ -63,6 +63,6 @@ def test_setup_builds_without_openmp_where_the_compiler_lacks_it(tmp_path):
                     f'done\nexec {real} "$@"\n')
     fake.chmod(0o755)
     message = "does not build OpenMP code with -fopenmp"
-    assert message in _setup_version(tmp_path, CXX=str(fake)).stderr
-    assert message not in _setup_version(tmp_path, CXX=real).stderr
-    assert message not in _setup_version(tmp_path, CXX=str(fake), ADAPTIR_OPENMP="0").stderr
+    assert message in _setup_version(CXX=str(fake)).stderr
+    assert message not in _setup_version(CXX=real).stderr
+    assert message not in _setup_version(CXX=str(fake), ADAPTIR_OPENMP="0").stderr
