@@ -209,14 +209,14 @@ class AdapterClock:
 
 
 def _make_step(model, x, target, clock: Optional[AdapterClock] = None, parts: Optional[Dict] = None,
-               timer: Optional[Clock] = None):
+               device="cpu"):
     """One training step. With `parts`, it receives the optimizer step's time (seconds, by
-    `timer`, else the clock's, else the host clock) and, with `clock`, the step's adapter
-    forward and backward time."""
+    the clock's timer, else `device`'s) and, with `clock`, the step's adapter forward and
+    backward time."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, lr=1e-4, weight_decay=0.01)  # as `adaptir train` builds it
     model.train()
-    timer = timer or (clock.timer if clock is not None else Clock("cpu", flush_l2=False))
+    timer = clock.timer if clock is not None else Clock(device, flush_l2=False)
 
     def step():
         if clock is not None:
@@ -409,7 +409,7 @@ def run(
         if adapter_clock:
             parts[v] = {}
             steps[v] = _make_step(model, x, target, AdapterClock(model, dev) if v != "none" else None, parts[v],
-                                  Clock(dev, flush_l2=False))
+                                  dev)
         else:
             steps[v] = _make_step(model, x, target)
         if v == "fused:" + CPP_OPS:
