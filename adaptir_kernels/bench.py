@@ -800,13 +800,15 @@ def device_name(device) -> str:
     return name
 
 
-def source_revision() -> Optional[str]:
-    """The git commit of the package's checkout, with "+dirty" when the sources that
-    decide the results (the package, csrc/, the build files) have uncommitted changes;
-    None outside a git checkout or without git. Result files written into the checkout
-    (benchmarks/results/) do not count."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isdir(os.path.join(root, ".git")):
+def source_revision(root: Optional[str] = None) -> Optional[str]:
+    """The git commit of the package's checkout (or of the checkout at `root`), with
+    "+dirty" when the sources that decide the results (the package, csrc/, the build
+    files) have uncommitted changes; None outside a git checkout or without git. Result
+    files written into the checkout (benchmarks/results/) do not count. A worktree's .git
+    is a file, a clone's a folder: both count."""
+    if root is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, ".git")):
         return None
     try:
         head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,

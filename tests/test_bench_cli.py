@@ -143,3 +143,30 @@ def test_floor_is_additive():
     passes = shape.rows * shape.C * 4 / 10e9 * 1e3
     assert f["fwd"] > 2 * passes and f["fwd+bwd"] > 5 * passes
     assert list(bench.floor_ms(bench.SPEC_SHAPES[2], floor)) == ["infer"]
+
+
+def test_source_revision_in_a_clone_and_a_worktree(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+    def git(*args, cwd):
+        return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+    repo = tmp_path / "repo"
+    (repo / "adaptir_kernels").mkdir(parents=True)
+    (repo / "adaptir_kernels" / "x.py").write_text("a = 1\n")
+    git("init", "-q", cwd=repo)
+    git("add", ".", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one", cwd=repo)
+    head = git("rev-parse", "HEAD", cwd=repo)
+    assert bench.source_revision(str(repo)) == head
+    (repo / "adaptir_kernels" / "x.py").write_text("a = 2\n")
+    assert bench.source_revision(str(repo)) == head + "+dirty"
+    tree = tmp_path / "tree"
+    git("worktree", "add", "-q", str(tree), "HEAD", cwd=repo)
+    assert (tree / ".git").is_file()
+    assert bench.source_revision(str(tree)) == head
+    assert bench.source_revision(str(tmp_path)) is None
