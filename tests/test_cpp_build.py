@@ -66,3 +66,31 @@ def test_setup_builds_without_openmp_where_the_compiler_lacks_it(tmp_path):
     assert message in _setup_version(CXX=str(fake)).stderr
     assert message not in _setup_version(CXX=real).stderr
     assert message not in _setup_version(CXX=str(fake), ADAPTIR_OPENMP="0").stderr
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not on PATH")
+@pytest.mark.parametrize("openmp", ["ON", "OFF"])
+def test_cmake_openmp_option(tmp_path, openmp):
+    """-DADAPTIR_OPENMP=OFF configures a build without OpenMP (as for a compiler without
+    it); the default keeps it. Checked on the compile commands, without building."""
+    import json
+
+    build = tmp_path / "build"
+    proc = _run(
+        [
+            "cmake", "-S", str(ROOT), "-B", str(build),
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+            f"-DADAPTIR_OPENMP={openmp}", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
+        ],
+        cwd=tmp_path, timeout=300,
+    )
+    if openmp == "ON" and "has no OpenMP" in proc.stdout + proc.stderr:
+        pytest.skip("this machine's C++ compiler has no OpenMP, so the default build has none either")
+    commands = json.loads((build / "compile_commands.json").read_text())
+    kernels = [c for c in commands if "/csrc/cpu/" in c["file"]]
+    assert kernels, "no kernel sources in the compile commands"
+    with_openmp = [c["file"] for c in kernels if "openmp" in c.get("command", " ".join(c.get("arguments", [])))]
+    if openmp == "ON":
+        assert len(with_openmp) == len(kernels)
+    else:
+        assert with_openmp == []
