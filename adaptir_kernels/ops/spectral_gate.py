@@ -64,25 +64,23 @@ def spectral_gate_backward_torch(
     """Explicit backward in plain torch ops; returns (grad_U, grad_amp_w, grad_amp_b,
     grad_pha_w, grad_pha_b)."""
     ur, ui, A, P = _polar_parts(U)
-    gr, gi = grad_G.unbind(-1)
-    A2 = _channel(amp_w) * A + _channel(amp_b)
-    P2 = _channel(pha_w) * P + _channel(pha_b)
+    # Contiguous planes throughout: elementwise ops on the interleaved views run unvectorised.
+    gr, gi = grad_G[..., 0].contiguous(), grad_G[..., 1].contiguous()
+    A2 = torch.addcmul(_channel(amp_b), _channel(amp_w), A)
+    P2 = torch.addcmul(_channel(pha_b), _channel(pha_w), P)
     cos, sin = torch.cos(P2), torch.sin(P2)
-    dA2 = gr * cos + gi * sin
-    dP2 = A2 * (gi * cos - gr * sin)
+    dA2 = torch.addcmul(gr * cos, gi, sin)
+    dP2 = A2 * torch.addcmul(gi * cos, gr, sin, value=-1.0)
     g_aw = _channel_sum(dA2 * A, amp_w)
     g_ab = _channel_sum(dA2, amp_b)
     g_pw = _channel_sum(dP2 * P, pha_w)
     g_pb = _channel_sum(dP2, pha_b)
-    nonzero = A != 0
-    safe_A = torch.where(nonzero, A, torch.ones_like(A))
-    dA = _channel(amp_w) * dA2 / safe_A  # dA / A
-    dP = _channel(pha_w) * dP2 / (safe_A * safe_A)  # dP / A^2
-    zero = torch.zeros_like(A)
-    grad_U = torch.stack(
-        (torch.where(nonzero, dA * ur - dP * ui, zero), torch.where(nonzero, dA * ui + dP * ur, zero)),
-        dim=-1,
-    )
+    # With U = A e^{iP}: grad_U = (dA / A) U + (dP / A^2) i U. Where A = 0, U = 0 and the
+    # reciprocal is taken of 1 instead, so the gradient there is 0 without a mask.
+    inv = torch.where(A != 0, A, 1.0).reciprocal_()
+    s = dA2.mul_(_channel(amp_w)).mul_(inv)  # dA / A (dA2 is not used again)
+    t = dP2.mul_(_channel(pha_w)).mul_(inv).mul_(inv)  # dP / A^2
+    grad_U = torch.stack((s * ur - t * ui, s * ui + t * ur), dim=-1)
     return grad_U, g_aw, g_ab, g_pw, g_pb
 
 
