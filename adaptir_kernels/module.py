@@ -111,6 +111,16 @@ class _AdaptIRChain(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_mean, _grad_var):
+        if torch.is_grad_enabled():
+            # create_graph: the explicit backward has no derivative of its own. Compute it
+            # unrecorded; differentiating its results then raises, never gives zeros.
+            with torch.no_grad():
+                grads = _AdaptIRChain._backward(ctx, grad_out)
+            return _no_higher_order(grads)
+        return _AdaptIRChain._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         x, xhat, g, sign, gmean, cs, cg, var, *op_params = ctx.saved_tensors
         training, eps, layout, H, W, backend, views = ctx.cfg
         (head_w, head_b, bn_w, bn_b, conv_A, conv_B, conv_bias, si_w, si_b, amp_w, amp_b,
@@ -136,6 +146,32 @@ class _AdaptIRChain(torch.autograd.Function):
                  g_cw, g_cb, g_p0w, g_p0b, g_p2w, g_p2b, g_c1w, g_c1b, g_c3w, g_c3b, g_tail)
         return (g_x, None, None, None, None,
                 *(gp if shape is None else gp.view(shape) for gp, shape in zip(grads, ctx.param_shapes)))
+
+
+DOUBLE_BACKWARD_ERROR = ("the fused AdaptIR's backward is not differentiable (no double backward); "
+                         "use adaptir_kernels.reference.AdaptIR for higher-order gradients")
+
+
+class _NoHigherOrder(torch.autograd.Function):
+    """Identity on its inputs whose backward raises DOUBLE_BACKWARD_ERROR."""
+
+    @staticmethod
+    def forward(ctx, *ts):
+        return tuple(t.view_as(t) for t in ts)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+
+
+def _no_higher_order(grads: tuple) -> tuple:
+    """The backward's results, each tensor behind a _NoHigherOrder node."""
+    idx = [i for i, t in enumerate(grads) if isinstance(t, torch.Tensor)]
+    wrapped = _NoHigherOrder.apply(*(grads[i].detach().requires_grad_() for i in idx))
+    out = list(grads)
+    for i, t in zip(idx, wrapped):
+        out[i] = t
+    return tuple(out)
 
 
 def _viewed(params, views):

@@ -267,3 +267,35 @@ def test_torch_compile_fullgraph_forward_backward():
     for name in g_r:
         key = name if name in g_c else "_orig_mod." + name
         assert_close_rel(g_c[key], g_r[name], 1e-4, f"compiled grad {name}", floor=1e-2 * g_r["x"].norm().item())
+
+
+@pytest.mark.parametrize("backend", [*backend_params(), pytest.param("cpp-ops", id="cpp-ops")])
+def test_create_graph_gives_first_order_gradients_and_refuses_the_second(backend, monkeypatch):
+    """torch.autograd.grad(..., create_graph=True) through the fused adapter gives the same
+    first-order gradients as a plain backward; differentiating them again raises a clear
+    error (the explicit backward has no derivative), instead of silently counting the
+    adapter's second-order terms as zero. "cpp-ops": the cpp backend without its C++ chain."""
+    import adaptir_kernels.module as module
+
+    if backend == "cpp-ops":
+        if "cpp" not in available_backends(DEVICE):
+            pytest.skip(f"the C++ extension does not run on {DEVICE}")
+        monkeypatch.setattr(module, "CPP_CHAIN", False)
+        backend = "cpp"
+    _, mod = make_pair(fused(backend), d_model=56, layout="nhwc", seed=5)
+    mod.to(DEVICE)
+    x = make_input("nhwc", 2, 5, 6, 56, seed=3).to(DEVICE).requires_grad_(True)
+    target = torch.randn_like(x)
+    params = [p for p in mod.parameters() if p.requires_grad]
+
+    def loss():
+        return ((mod(x) - target) ** 2).sum()
+
+    plain = torch.autograd.grad(loss(), [x, *params])
+    graphed = torch.autograd.grad(loss(), [x, *params], create_graph=True)
+    for a, b in zip(graphed, plain):
+        assert a.requires_grad
+        assert torch.equal(a.detach(), b)
+    penalty = graphed[0].pow(2).sum() + graphed[1].pow(2).sum()
+    with pytest.raises(RuntimeError, match=r"not differentiable \(no double backward\)"):
+        penalty.backward()

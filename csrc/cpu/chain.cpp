@@ -21,6 +21,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/addcmul.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
 #include <string>
@@ -128,12 +129,33 @@ class ChainFunction : public torch::autograd::Function<ChainFunction> {
     variable_list result(3 + kChainParams + 5);
     const at::Tensor& grad_out = grads[0];
     if (!grad_out.defined()) return result;
-    const variable_list s = ctx->get_saved_variables();
-    const std::vector<at::Tensor> pg = op.call(
-        grad_out, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
-        at::TensorList(s.data() + 8, kChainParams), ctx->saved_data["training"].toBool(),
-        ctx->saved_data["eps"].toDouble(), ctx->saved_data["layout"].toStringRef(),
-        ctx->saved_data["H"].toInt(), ctx->saved_data["W"].toInt());
+    // With create_graph the engine runs this under grad mode. The backward is explicit and
+    // has no derivative of its own: compute it unrecorded, then make differentiating its
+    // results an error (as Python's once_differentiable does), never a silent zero.
+    const bool create_graph = at::GradMode::is_enabled();
+    std::vector<at::Tensor> pg;
+    {
+      at::NoGradGuard no_grad;
+      const variable_list s = ctx->get_saved_variables();
+      pg = op.call(grad_out, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+                   at::TensorList(s.data() + 8, kChainParams), ctx->saved_data["training"].toBool(),
+                   ctx->saved_data["eps"].toDouble(), ctx->saved_data["layout"].toStringRef(),
+                   ctx->saved_data["H"].toInt(), ctx->saved_data["W"].toInt());
+    }
+    if (create_graph) {
+      variable_list detached;
+      detached.reserve(pg.size());
+      for (const at::Tensor& t : pg) {
+        at::Tensor d = t.detach();
+        d.set_requires_grad(true);
+        detached.push_back(std::move(d));
+      }
+      auto err = std::make_shared<torch::autograd::DelayedError>(
+          "adaptir_cpp::adaptir_chain: the fused adapter's backward is not differentiable "
+          "(no double backward); use adaptir_kernels.reference.AdaptIR for higher-order gradients",
+          static_cast<int64_t>(detached.size()));
+      pg = (*err)(std::move(detached));
+    }
     result[0] = pg[0];
     std::copy(pg.begin() + 1, pg.end(), result.begin() + 3);
     return result;
