@@ -292,7 +292,13 @@ class AdaptIR(ReferenceAdaptIR):
                     break
         if slots is None:
             slots = self._chain_slots = self._find_chain_slots()
-        return [d[name] for d, name in slots[0]]
+        try:
+            return [d[name] for d, name in slots[0]]
+        except KeyError:
+            # A parameter that is no longer in its module's parameter dict: under
+            # torch.nn.utils.parametrize (the attribute computes it), or replaced by a
+            # buffer or plain tensor. Read it as an attribute, as the reference does.
+            return [getattr(owner, name) for owner, name in slots[2]]
 
     def _backend_for(self, x: torch.Tensor) -> str:
         """resolve_backend's answer for x, kept per (backend, device, dtype, ADAPTIR_BACKEND).
@@ -327,7 +333,7 @@ class AdaptIR(ReferenceAdaptIR):
         return self._chain_op_cache[1]
 
     def _find_chain_slots(self):
-        params, path = [], {}
+        params, path, owners = [], {}, []
         for dotted, _ in _PARAMETERS:
             *mods, leaf = dotted.split(".")
             owner = self
@@ -336,7 +342,8 @@ class AdaptIR(ReferenceAdaptIR):
                 path[(id(owner), name)] = (owner, name, child)
                 owner = child
             params.append((owner._parameters, leaf))
-        return tuple(params), tuple(path.values())
+            owners.append((owner, leaf))
+        return tuple(params), tuple(path.values()), tuple(owners)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:

@@ -299,3 +299,31 @@ def test_create_graph_gives_first_order_gradients_and_refuses_the_second(backend
     penalty = graphed[0].pow(2).sum() + graphed[1].pow(2).sum()
     with pytest.raises(RuntimeError, match=r"not differentiable \(no double backward\)"):
         penalty.backward()
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_parametrized_parameters_are_read_as_attributes(backend):
+    """A parameter under torch.nn.utils.parametrize leaves its module's parameter dict
+    (the attribute computes it): the fused module reads it as the reference does, before
+    and after its first call, and the gradient reaches the parametrization's original."""
+    import torch.nn.utils.parametrize as parametrize
+
+    class Doubled(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    ref, mod = make_pair(fused(backend), d_model=56, layout="nhwc", seed=9)
+    mod.to(DEVICE)
+    x = make_input("nhwc", 2, 5, 6, 56, seed=4)
+    mod(x.to(DEVICE))  # the module's parameter slots are found here, before the change
+    for m in (ref, mod):
+        parametrize.register_parametrization(m.head, "weight", Doubled())
+        parametrize.register_parametrization(m.tail, "weight", Doubled())
+    out_r, g_r = run_fwd_bwd(ref, x, None)
+    out_m, g_m = run_fwd_bwd(mod, x.to(DEVICE), None)
+    assert_close_rel(out_m, out_r, 1e-5, "output")
+    floor = 1e-2 * g_r["x"].norm().item()
+    for name in g_r:
+        assert_close_rel(g_m[name], g_r[name], 1e-4, f"grad {name}", floor=floor)
+    assert any("parametrizations.head.weight.original" in name or "head.parametrizations.weight.original" in name
+               for name in g_m)
