@@ -325,10 +325,16 @@ class AdaptIR(ReferenceAdaptIR):
         parameter replaced, or given new data (.data =, .to()), gets a new view.
         """
         cache = self._chain_op_cache
-        if cache is not None and all(p is q and ptr == p.data_ptr() and shape == p.shape
-                                     for p, (q, ptr, shape) in zip(params, cache[0])):
-            return cache[1]
-        keys = tuple((p, p.data_ptr(), p.shape) for p in params)
+        try:
+            if cache is not None and all(p is q and ptr == p.data_ptr() and shape == p.shape
+                                         for p, (q, ptr, shape) in zip(params, cache[0])):
+                return cache[1]
+            keys = tuple((p, p.data_ptr(), p.shape) for p in params)
+        except RuntimeError:
+            # A parameter without storage (a torch.func transform's wrapper, a tensor
+            # subclass): nothing to key a cache on; the chain views it itself, and
+            # autograd says what it cannot do with it.
+            return None
         self._chain_op_cache = (keys, _viewed([p.detach() for p in params], self._chain_views))
         return self._chain_op_cache[1]
 

@@ -327,3 +327,50 @@ def test_parametrized_parameters_are_read_as_attributes(backend):
         assert_close_rel(g_m[name], g_r[name], 1e-4, f"grad {name}", floor=floor)
     assert any("parametrizations.head.weight.original" in name or "head.parametrizations.weight.original" in name
                for name in g_m)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_torch_func_transforms_are_refused_clearly(backend):
+    """torch.func.grad over the fused adapter is refused by autograd with its own message
+    about functorch transforms, not a crash inside the module (a parameter wrapper has no
+    storage to key the module's view cache on)."""
+    from torch.func import functional_call, grad
+
+    _, mod = make_pair(fused(backend), d_model=56, layout="nhwc", seed=2)
+    mod.to(DEVICE)
+    x = make_input("nhwc", 2, 5, 6, 56, seed=8).to(DEVICE)
+    params = {k: v.detach() for k, v in mod.named_parameters()}
+    buffers = {k: v.clone() for k, v in mod.named_buffers()}
+    mod(x)  # the view cache holds the module's own parameters
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        grad(lambda p: functional_call(mod, {**p, **buffers}, (x,)).pow(2).sum())(params)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_activation_checkpointing(backend, reentrant):
+    """Under torch.utils.checkpoint the output and every gradient match the reference's.
+    The running statistics: a reentrant checkpoint runs the whole forward again, so the
+    fused adapter, like nn.BatchNorm2d in the reference, updates them twice per step; the
+    non-reentrant one (early stop, its default) stops recomputing once the adapter's saved
+    tensors are back, before the fused adapter's update, so it updates them once, where
+    the reference's BatchNorm, updating inside its own forward, is updated twice."""
+    from torch.utils.checkpoint import checkpoint
+
+    ref, mod = make_pair(fused(backend), d_model=56, layout="nhwc", seed=6)
+    mod.to(DEVICE)
+    x = make_input("nhwc", 2, 5, 6, 56, seed=12)
+    xr = x.clone().requires_grad_(True)
+    xm = x.to(DEVICE).requires_grad_(True)
+    out_r = checkpoint(ref, xr, use_reentrant=reentrant)
+    out_m = checkpoint(mod, xm, use_reentrant=reentrant)
+    grad = torch.randn_like(out_r)
+    out_r.backward(grad)
+    out_m.backward(grad.to(DEVICE))
+    assert_close_rel(out_m, out_r, 1e-5, "output")
+    floor = 1e-2 * xr.grad.norm().item()
+    assert_close_rel(xm.grad, xr.grad, 1e-4, "grad x", floor=floor)
+    for (name, p_r), p_m in zip(ref.named_parameters(), mod.parameters()):
+        assert_close_rel(p_m.grad, p_r.grad, 1e-4, f"grad {name}", floor=floor)
+    assert int(ref.BN.num_batches_tracked) == 2
+    assert int(mod.BN.num_batches_tracked) == (2 if reentrant else 1)
