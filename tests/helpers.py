@@ -67,13 +67,19 @@ def run_fwd_bwd(module, x, hw=None, seed=2):
     return out.detach(), grads
 
 
-def compare_modules(ref, other, x, hw=None, out_tol=1e-5, grad_tol=1e-4):
-    out_r, g_r = run_fwd_bwd(ref, x, hw)
-    out_o, g_o = run_fwd_bwd(other, x, hw)
+def assert_same_results(out_o, g_o, out_r, g_r, out_tol=1e-5, grad_tol=1e-4):
+    """run_fwd_bwd's results of a module (o) against the reference's (r): the output, and
+    every gradient relative to the larger of its own norm and 1% of the input gradient's."""
     assert_close_rel(out_o, out_r, out_tol, "output")
     assert set(g_r) == set(g_o)
     floor = 1e-2 * g_r["x"].double().norm().item()
     for name in g_r:
         assert_close_rel(g_o[name], g_r[name], grad_tol, f"grad {name}", floor=floor)
+
+
+def compare_modules(ref, other, x, hw=None, out_tol=1e-5, grad_tol=1e-4):
+    out_r, g_r = run_fwd_bwd(ref, x, hw)
+    out_o, g_o = run_fwd_bwd(other, x, hw)
+    assert_same_results(out_o, g_o, out_r, g_r, out_tol, grad_tol)
     for (name, b_r), (_, b_o) in zip(ref.named_buffers(), other.named_buffers()):
         assert_close_rel(b_o.double(), b_r.double(), 1e-6, f"buffer {name}")
