@@ -2,6 +2,8 @@
 // skinny_gemm_impl.h.
 #include "skinny_gemm.h"
 
+#include "isa.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -64,11 +66,7 @@ namespace adaptir::cpu::gemm {
 
 bool uses_avx2() {
 #ifdef ADAPTIR_HAVE_AVX2_BUILD
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
+  return cpu_has_avx2_fma();
 #else
   return false;
 #endif

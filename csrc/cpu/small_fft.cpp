@@ -2,6 +2,8 @@
 // small_fft_impl.h.
 #include "small_fft.h"
 
+#include "isa.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -109,8 +111,7 @@ namespace adaptir::cpu::fft {
 
 bool uses_avx2() {
 #ifdef ADAPTIR_FFT_AVX2_BUILD
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
+  return cpu_has_avx2_fma();
 #else
   return false;
 #endif

@@ -1,0 +1,22 @@
+#include "isa.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace adaptir::cpu {
+
+bool cpu_has_avx2_fma() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool yes = [] {
+    const char* env = std::getenv("ADAPTIR_CPU_AVX2");
+    if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
+}  // namespace adaptir::cpu
