@@ -1,5 +1,6 @@
 """The C++ kernels that have two builds (AVX2+FMA and baseline x86-64: the skinny
-products and the small FFTs) pass the C++ parity tests with either. A machine with AVX2 runs only the AVX2 build unless ADAPTIR_CPU_AVX2=0 selects
+products, the small FFTs and the local branch's tiles) pass the C++ parity tests with
+either. A machine with AVX2 runs only the AVX2 build unless ADAPTIR_CPU_AVX2=0 selects
 the baseline one, which these tests do in a child process."""
 
 import os

@@ -22,6 +22,19 @@ def test_parity(backend, shape):
     run_case(make_case(*shape), backend)
 
 
+# The C++ float32 kernels run over columns in 8-lane chunks and split a sample into row
+# tiles of about 4096 positions, each recomputing one halo row on either side: widths
+# of exactly one and two chunks, a last chunk of 1-7 columns, and two or three tiles
+# per sample (70 x 90; 130 x 64, whose last tile has two rows), halo rows at the tile edges.
+WIDE_SHAPES = [(2, 13, 19), (1, 9, 50), (1, 5, 8), (2, 4, 16), (2, 70, 90), (1, 130, 64)]
+
+
+@pytest.mark.parametrize("backend", [b for b in backend_params() if b.id in ("cpp", "torch")])
+@pytest.mark.parametrize("shape", WIDE_SHAPES, ids=str)
+def test_parity_wide(backend, shape):
+    run_case(make_case(*shape, seed=30), backend)
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("h,r", [(24, 12), (3, 1)])
 def test_widths(backend, h, r):

@@ -1,5 +1,6 @@
 // Run-time choice of the instruction set of the CPU kernels that have an AVX2+FMA
-// build next to their baseline x86-64 one (skinny products, small FFTs).
+// build next to their baseline x86-64 one (skinny products, small FFTs, depthwise
+// tiles).
 #pragma once
 
 namespace adaptir::cpu {

@@ -6,10 +6,12 @@
 // The backward recomputes l and sg for the tile (plus one halo row each side), forms
 // grad_lt = grad_l + grad_s * si_weight in a tile buffer and produces grad_u (the
 // transposed conv) and per-tile partial sums of the parameter gradients, reduced in
-// tile order.
+// tile order. float32 tiles run the vectorised kernels of depthwise_tiles.h; the
+// loops below serve float64 (gradcheck).
 #include "local_branch.h"
 
 #include "common.h"
+#include "depthwise_tiles.h"
 
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -112,6 +114,19 @@ void forward_impl(const at::Tensor& u, const Params<scalar_t>& p, at::Tensor& l,
   const scalar_t* up = u.const_data_ptr<scalar_t>();
   scalar_t* lp = l.data_ptr<scalar_t>();
   scalar_t* sp = sg.data_ptr<scalar_t>();
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    parallel_items(tiles.count, [&](ItemQueue& queue) {
+      const at::Tensor work =
+          Scratch::get(4, 1, dw::forward_work(h, H, W, 0, tiles.rows_per_tile), u.options());
+      for (int64_t t; queue.pop(t);) {
+        int64_t n, y0, y1;
+        tiles.get(t, n, y0, y1);
+        dw::forward_tile(up + n * h * HW, h, H, W, y0, y1, p.K.data(), p.bias.data(), p.siw.data(),
+                         p.sib, lp + n * h * HW, sp + n * HW, work.data_ptr<float>());
+      }
+    });
+    return;
+  }
   parallel_items(tiles.count, [&](ItemQueue& queue) {
     std::vector<scalar_t> s(static_cast<size_t>(tiles.rows_per_tile * W));
     for (int64_t t; queue.pop(t);) {
@@ -147,90 +162,105 @@ void backward_impl(const at::Tensor& gl, const at::Tensor& gsg, const at::Tensor
   const scalar_t* gsp = gsg.const_data_ptr<scalar_t>();
   scalar_t* gup = gu.data_ptr<scalar_t>();
   const int64_t max_rows = tiles.rows_per_tile + 2;
+  static_assert(dw::kPer == kPer);
 
-  parallel_items(tiles.count, [&](ItemQueue& queue) {
-    const at::Tensor lt = Scratch::get(4, h * max_rows, W, u.options());
-    const at::Tensor st = Scratch::get(5, max_rows + 9, W, u.options());
-    scalar_t* const lb = lt.data_ptr<scalar_t>();
-    scalar_t* const s = st.data_ptr<scalar_t>();
-    scalar_t* const acc = s + max_rows * W;
-    for (int64_t t; queue.pop(t);) {
-      int64_t n, y0, y1;
-      tiles.get(t, n, y0, y1);
-      const int64_t ya = std::max<int64_t>(0, y0 - 1), yb = std::min(H, y1 + 1);
-      const int64_t R = yb - ya, len = R * W;
-      const int64_t own0 = (y0 - ya) * W, own1 = (y1 - ya) * W;
-      double* pt = part.data() + t * width;
-
-      // Recompute l (rows ya..yb) and the gate pre-activation.
-      std::fill(s, s + len, scalar_t(0));
-      for (int64_t c = 0; c < h; ++c) {
-        scalar_t* lc = lb + c * max_rows * W;
-        conv_rows(up + (n * h + c) * HW, p.K.data() + c * 9, p.bias[c], H, W, ya, yb, lc);
-        const scalar_t w = p.siw[c];
-        for (int64_t i = 0; i < len; ++i) s[i] += w * lc[i];
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    parallel_items(tiles.count, [&](ItemQueue& queue) {
+      const at::Tensor work =
+          Scratch::get(4, 1, dw::backward_work(h, H, W, 1, 1 + tiles.rows_per_tile), u.options());
+      for (int64_t t; queue.pop(t);) {
+        int64_t n, y0, y1;
+        tiles.get(t, n, y0, y1);
+        dw::backward_tile(up + n * h * HW, glp + n * h * HW, gsp + n * HW, h, H, W, y0, y1,
+                          p.K.data(), p.bias.data(), p.siw.data(), p.sib, gup + n * h * HW,
+                          part.data() + t * width, work.data_ptr<float>());
       }
-      // grad_s = grad_sg * sg (1 - sg), in place of s.
-      const scalar_t* gsr = gsp + n * HW + ya * W;
+    });
+  } else {
+    parallel_items(tiles.count, [&](ItemQueue& queue) {
+      const at::Tensor lt = Scratch::get(4, h * max_rows, W, u.options());
+      const at::Tensor st = Scratch::get(5, max_rows + 9, W, u.options());
+      scalar_t* const lb = lt.data_ptr<scalar_t>();
+      scalar_t* const s = st.data_ptr<scalar_t>();
+      scalar_t* const acc = s + max_rows * W;
+      for (int64_t t; queue.pop(t);) {
+        int64_t n, y0, y1;
+        tiles.get(t, n, y0, y1);
+        const int64_t ya = std::max<int64_t>(0, y0 - 1), yb = std::min(H, y1 + 1);
+        const int64_t R = yb - ya, len = R * W;
+        const int64_t own0 = (y0 - ya) * W, own1 = (y1 - ya) * W;
+        double* pt = part.data() + t * width;
 
-      for (int64_t i = 0; i < len; ++i) {
-        const scalar_t sgv = sigmoid(s[i] + p.sib);
-        s[i] = gsr[i] * sgv * (scalar_t(1) - sgv);
-      }
-      pt[h * kPer] = sum_n(s + own0, own1 - own0);
+        // Recompute l (rows ya..yb) and the gate pre-activation.
+        std::fill(s, s + len, scalar_t(0));
+        for (int64_t c = 0; c < h; ++c) {
+          scalar_t* lc = lb + c * max_rows * W;
+          conv_rows(up + (n * h + c) * HW, p.K.data() + c * 9, p.bias[c], H, W, ya, yb, lc);
+          const scalar_t w = p.siw[c];
+          for (int64_t i = 0; i < len; ++i) s[i] += w * lc[i];
+        }
+        // grad_s = grad_sg * sg (1 - sg), in place of s.
+        const scalar_t* gsr = gsp + n * HW + ya * W;
 
-      for (int64_t c = 0; c < h; ++c) {
-        scalar_t* lc = lb + c * max_rows * W;
-        const int64_t plane = (n * h + c) * HW;
-        const scalar_t w = p.siw[c];
-        const double gsiw = dot_n(s + own0, lc + own0, own1 - own0);
-        // lc becomes grad_lt.
-        const scalar_t* glr = glp + plane + ya * W;
-        for (int64_t i = 0; i < len; ++i) lc[i] = glr[i] + s[i] * w;
-        const double gcb = sum_n(lc + own0, own1 - own0);
+        for (int64_t i = 0; i < len; ++i) {
+          const scalar_t sgv = sigmoid(s[i] + p.sib);
+          s[i] = gsr[i] * sgv * (scalar_t(1) - sgv);
+        }
+        pt[h * kPer] = sum_n(s + own0, own1 - own0);
 
-        // grad_u = correlation of grad_lt with the flipped kernel.
-        const scalar_t* k = p.K.data() + c * 9;
-        for (int64_t y = y0; y < y1; ++y) {
-          scalar_t* o = gup + plane + y * W;
-          for (int64_t x = 0; x < W; ++x) o[x] = scalar_t(0);
-          for (int64_t a = -1; a <= 1; ++a) {
-            const int64_t yy = y + a;
-            if (yy < 0 || yy >= H) continue;
-            const scalar_t* kr = k + (1 - a) * 3;
-            row_taps(o, lc + (yy - ya) * W, kr[2], kr[1], kr[0], W);
+        for (int64_t c = 0; c < h; ++c) {
+          scalar_t* lc = lb + c * max_rows * W;
+          const int64_t plane = (n * h + c) * HW;
+          const scalar_t w = p.siw[c];
+          const double gsiw = dot_n(s + own0, lc + own0, own1 - own0);
+          // lc becomes grad_lt.
+          const scalar_t* glr = glp + plane + ya * W;
+          for (int64_t i = 0; i < len; ++i) lc[i] = glr[i] + s[i] * w;
+          const double gcb = sum_n(lc + own0, own1 - own0);
+
+          // grad_u = correlation of grad_lt with the flipped kernel.
+          const scalar_t* k = p.K.data() + c * 9;
+          for (int64_t y = y0; y < y1; ++y) {
+            scalar_t* o = gup + plane + y * W;
+            for (int64_t x = 0; x < W; ++x) o[x] = scalar_t(0);
+            for (int64_t a = -1; a <= 1; ++a) {
+              const int64_t yy = y + a;
+              if (yy < 0 || yy >= H) continue;
+              const scalar_t* kr = k + (1 - a) * 3;
+              row_taps(o, lc + (yy - ya) * W, kr[2], kr[1], kr[0], W);
+            }
           }
-        }
 
-        // grad_K[a][b] = sum grad_lt[y][x] u[y + a - 1][x + b - 1], lane-wise over x.
-        std::fill(acc, acc + 9 * W, scalar_t(0));
-        const scalar_t* uplane = up + plane;
-        for (int64_t y = y0; y < y1; ++y) {
-          const scalar_t* g = lc + (y - ya) * W;
-          for (int64_t a = 0; a < 3; ++a) {
-            const int64_t yy = y + a - 1;
-            if (yy < 0 || yy >= H) continue;
-            const scalar_t* ur = uplane + yy * W;
-            scalar_t* a0 = acc + (a * 3 + 0) * W;
-            scalar_t* a1 = acc + (a * 3 + 1) * W;
-            scalar_t* a2 = acc + (a * 3 + 2) * W;
-            for (int64_t x = 1; x < W; ++x) a0[x] += g[x] * ur[x - 1];
-            for (int64_t x = 0; x < W; ++x) a1[x] += g[x] * ur[x];
-            for (int64_t x = 0; x + 1 < W; ++x) a2[x] += g[x] * ur[x + 1];
+          // grad_K[a][b] = sum grad_lt[y][x] u[y + a - 1][x + b - 1], lane-wise over x.
+          std::fill(acc, acc + 9 * W, scalar_t(0));
+          const scalar_t* uplane = up + plane;
+          for (int64_t y = y0; y < y1; ++y) {
+            const scalar_t* g = lc + (y - ya) * W;
+            for (int64_t a = 0; a < 3; ++a) {
+              const int64_t yy = y + a - 1;
+              if (yy < 0 || yy >= H) continue;
+              const scalar_t* ur = uplane + yy * W;
+              scalar_t* a0 = acc + (a * 3 + 0) * W;
+              scalar_t* a1 = acc + (a * 3 + 1) * W;
+              scalar_t* a2 = acc + (a * 3 + 2) * W;
+              for (int64_t x = 1; x < W; ++x) a0[x] += g[x] * ur[x - 1];
+              for (int64_t x = 0; x < W; ++x) a1[x] += g[x] * ur[x];
+              for (int64_t x = 0; x + 1 < W; ++x) a2[x] += g[x] * ur[x + 1];
+            }
           }
+          double* pc = pt + c * kPer;
+          for (int64_t tap = 0; tap < 9; ++tap) {
+            const scalar_t* av = acc + tap * W;
+            double sum = 0.0;
+            for (int64_t x = 0; x < W; ++x) sum += av[x];
+            pc[tap] = sum;
+          }
+          pc[9] = gcb;
+          pc[10] = gsiw;
         }
-        double* pc = pt + c * kPer;
-        for (int64_t tap = 0; tap < 9; ++tap) {
-          const scalar_t* av = acc + tap * W;
-          double sum = 0.0;
-          for (int64_t x = 0; x < W; ++x) sum += av[x];
-          pc[tap] = sum;
-        }
-        pc[9] = gcb;
-        pc[10] = gsiw;
       }
-    }
-  });
+    });
+  }
 
   sums.assign(static_cast<size_t>(width), 0.0);
   for (int64_t t = 0; t < tiles.count; ++t)
