@@ -27,6 +27,17 @@ def test_parity(backend, layout, shape):
     run_case(case, backend)
 
 
+# C = 256 makes the C++ kernels split the rows into blocks of 256 (5 per sample in NHWC,
+# the last one partial; 9 in LNC, with both samples' rows interleaved), and its row
+# kernels run 8 positions at a time with a remainder.
+@pytest.mark.parametrize("backend", [b for b in backend_params() if b.id in ("cpp", "torch")])
+@pytest.mark.parametrize("layout", ["nhwc", "lnc"])
+def test_parity_row_blocks(backend, layout):
+    case = make_case(2, 30, 37, layout, C=256, seed=40)
+    case.oracle = lambda *a: op.forward_torch(*a[:-1], torch.float64)
+    run_case(case, backend)
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("layout", ["nhwc", "lnc"])
 def test_registered_autograd(backend, layout):

@@ -1,5 +1,5 @@
 """The C++ kernels that have two builds (AVX2+FMA and baseline x86-64: the skinny
-products, the small FFTs and the local branch's tiles) pass the C++ parity tests with
+products, the small FFTs, the local branch's tiles and combine_out's backward rows) pass the C++ parity tests with
 either. A machine with AVX2 runs only the AVX2 build unless ADAPTIR_CPU_AVX2=0 selects
 the baseline one, which these tests do in a child process."""
 

@@ -7,9 +7,11 @@
 // grad_out @ tail_w and, from cache, for the block's partial of grad_tail_w =
 // grad_out^T v (v rebuilt in cache); grad_l, grad_g, grad_sg and the per-sample sums
 // for grad_cg and grad_cs follow from grad_v in the same block. Partials are summed in
-// block order. float32 uses the skinny kernels of skinny_gemm.h, float64 ATen's mm.
+// block order. float32 uses the skinny kernels of skinny_gemm.h and the row kernel of
+// combine_rows.h, float64 ATen's mm and the scalar loop below.
 #include "combine_out.h"
 
+#include "combine_rows.h"
 #include "common.h"
 #include "skinny_gemm.h"
 
@@ -178,6 +180,7 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
     at::Tensor gobuf;
     if constexpr (!std::is_same_v<scalar_t, io_t>) gobuf = Scratch::get(3, max_rows, C, opts);
     std::vector<double> acc(static_cast<size_t>(max_rows));
+    std::vector<float> col(kF32 ? static_cast<size_t>(max_rows) : 0);
     scalar_t* v = vbuf.data_ptr<scalar_t>();
     scalar_t* gv = gvbuf.data_ptr<scalar_t>();
     for (int64_t b; queue.pop(b);) {
@@ -209,26 +212,37 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
         const scalar_t* sgr = sg + n * HW + k.p0;
         const scalar_t* gvr = gv + rb.noff(k, n) * ldv;
         std::fill(acc.begin(), acc.begin() + np, 0.0);
-        for (int64_t j = 0; j < h; ++j) {
-          const int64_t plane = (n * h + j) * HW + k.p0;
-          const scalar_t* lr = l + plane;
-          const scalar_t* gr = g + plane;
-          scalar_t* glr = glp + plane;
-          scalar_t* ggr = ggp + plane;
-          const scalar_t s = cs[n * h + j], c = cg[n * h + j];
-          const scalar_t* gvc = gvr + j;
-          double s_cg[4] = {0, 0, 0, 0}, s_cs[4] = {0, 0, 0, 0};
-          for (int64_t i = 0; i < np; ++i) {
-            const scalar_t gvi = gvc[i * rs];
-            const scalar_t gvs = gvi * s;
-            glr[i] = gvs * c;
-            ggr[i] = gvs * sgr[i];
-            acc[i] += gvs * gr[i];
-            s_cg[i & 3] += gvs * lr[i];
-            s_cs[i & 3] += gvi * (c * lr[i] + sgr[i] * gr[i]);
+        if constexpr (kF32) {
+          for (int64_t j = 0; j < h; ++j) {
+            const float* gvc = gvr + j;
+            for (int64_t i = 0; i < np; ++i) col[i] = gvc[i * rs];
+            const int64_t plane = (n * h + j) * HW + k.p0;
+            combine_rows::backward_channel(col.data(), l + plane, g + plane, sgr, cs[n * h + j],
+                                           cg[n * h + j], np, glp + plane, ggp + plane,
+                                           acc.data(), pb + (n * h + j) * 2);
           }
-          pb[(n * h + j) * 2] = (s_cg[0] + s_cg[1]) + (s_cg[2] + s_cg[3]);
-          pb[(n * h + j) * 2 + 1] = (s_cs[0] + s_cs[1]) + (s_cs[2] + s_cs[3]);
+        } else {
+          for (int64_t j = 0; j < h; ++j) {
+            const int64_t plane = (n * h + j) * HW + k.p0;
+            const scalar_t* lr = l + plane;
+            const scalar_t* gr = g + plane;
+            scalar_t* glr = glp + plane;
+            scalar_t* ggr = ggp + plane;
+            const scalar_t s = cs[n * h + j], c = cg[n * h + j];
+            const scalar_t* gvc = gvr + j;
+            double s_cg[4] = {0, 0, 0, 0}, s_cs[4] = {0, 0, 0, 0};
+            for (int64_t i = 0; i < np; ++i) {
+              const scalar_t gvi = gvc[i * rs];
+              const scalar_t gvs = gvi * s;
+              glr[i] = gvs * c;
+              ggr[i] = gvs * sgr[i];
+              acc[i] += gvs * gr[i];
+              s_cg[i & 3] += gvs * lr[i];
+              s_cs[i & 3] += gvi * (c * lr[i] + sgr[i] * gr[i]);
+            }
+            pb[(n * h + j) * 2] = (s_cg[0] + s_cg[1]) + (s_cg[2] + s_cg[3]);
+            pb[(n * h + j) * 2 + 1] = (s_cs[0] + s_cs[1]) + (s_cs[2] + s_cs[3]);
+          }
         }
         scalar_t* gso = gsgp + n * HW + k.p0;
         for (int64_t i = 0; i < np; ++i) gso[i] = static_cast<scalar_t>(acc[i]);

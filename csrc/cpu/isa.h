@@ -1,6 +1,6 @@
 // Run-time choice of the instruction set of the CPU kernels that have an AVX2+FMA
 // build next to their baseline x86-64 one (skinny products, small FFTs, depthwise
-// tiles).
+// tiles, combine_out's backward rows).
 #pragma once
 
 namespace adaptir::cpu {
