@@ -1,7 +1,8 @@
 """The C++ kernels that have two builds (AVX2+FMA and baseline x86-64: the skinny
-products, the small FFTs, the local branch's tiles and combine_out's backward rows) pass the C++ parity tests with
-either. A machine with AVX2 runs only the AVX2 build unless ADAPTIR_CPU_AVX2=0 selects
-the baseline one, which these tests do in a child process."""
+products, the small FFTs, the local branch's tiles and combine_out's backward rows)
+pass the C++ parity tests with either. A machine with AVX2 runs only the AVX2 build
+unless ADAPTIR_CPU_AVX2=0 selects the baseline one, which these tests do in a child
+process."""
 
 import os
 import pathlib
