@@ -1,25 +1,19 @@
 // Body of combine_rows.h. No include guard: combine_rows.cpp includes this file once
 // per instruction set, inside a namespace.
 
-typedef float vf __attribute__((vector_size(32)));
+#include "lanes8_impl.h"
+
 typedef float vf4 __attribute__((vector_size(16)));
 typedef double vd __attribute__((vector_size(32)));
 
 #define CR_AI static inline __attribute__((always_inline))
 
-CR_AI vf ld(const float* p) {
-  vf v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
 CR_AI vd ldd(const double* p) {
   vd v;
   __builtin_memcpy(&v, p, sizeof v);
   return v;
 }
-CR_AI void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 CR_AI void std_(double* p, vd v) { __builtin_memcpy(p, &v, sizeof v); }
-CR_AI vf bc(float x) { return vf{x, x, x, x, x, x, x, x}; }
 
 // The lower and upper four lanes of v in double.
 CR_AI vd lo(vf v) {

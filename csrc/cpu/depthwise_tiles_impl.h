@@ -6,18 +6,12 @@
 // (Wp = W rounded up to 8 lanes). Rows outside the image are all zeros. The 3x3
 // taps at x - 1, x, x + 1 are then three unaligned 8-lane loads, with no edge cases.
 
-typedef float vf __attribute__((vector_size(32)));
+#include "lanes8_impl.h"
+
 typedef int32_t vi __attribute__((vector_size(32)));
 
 #define DW_AI static inline __attribute__((always_inline))
 
-DW_AI vf ld(const float* p) {
-  vf v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-DW_AI void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
-DW_AI vf bc(float x) { return vf{x, x, x, x, x, x, x, x}; }
 DW_AI vf keep(vf v, vi mask) { return reinterpret_cast<vf>(reinterpret_cast<vi>(v) & mask); }
 
 // The lanes of v summed in double, in a fixed order.

@@ -2,20 +2,9 @@
 // skinny_gemm.cpp includes this file once per instruction set, inside a namespace,
 // with SG_ACC (vector accumulators kept in registers) defined.
 //
-// Vectors are 8 floats (GCC vector extensions); the AVX2 build maps one to a ymm
-// register and contracts a * b + c to FMA, the baseline build to two SSE registers.
-
-typedef float vf __attribute__((vector_size(32)));
+#include "lanes8_impl.h"
 
 #define SG_AI static inline __attribute__((always_inline))
-
-SG_AI vf ld(const float* p) {
-  vf v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-SG_AI void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
-SG_AI vf bc(float x) { return vf{x, x, x, x, x, x, x, x}; }
 
 // Non-temporal store of 8 floats as two 16-byte halves: p must be 16-byte aligned.
 SG_AI void st_nt(float* p, vf v) {
