@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not cpp_available(), reason="C++ extension not b
 
 TESTS = pathlib.Path(__file__).resolve().parent
 CPP_TEST_FILES = ["test_local_branch.py", "test_project_in.py", "test_combine_out.py", "test_global_branch.py",
-                  "test_router.py", "test_cpp_chain.py", "test_cpp_ops.py"]
+                  "test_router.py", "test_cpp_chain.py", "test_cpp_ops.py", "test_module.py"]
 
 
 def _child_isa(env) -> str:
