@@ -821,6 +821,16 @@ def source_revision(root: Optional[str] = None) -> Optional[str]:
     return head + ("+dirty" if dirty else "")
 
 
+def cpu_isa() -> Optional[str]:
+    """Which build of the C++ extension's vector kernels runs ('avx2' or 'baseline';
+    ADAPTIR_CPU_AVX2=0 selects the latter), or None without the extension."""
+    if not cpp_available():
+        return None
+    from . import _ext
+
+    return _ext.require().cpu_isa()
+
+
 def environment(device) -> dict:
     device = torch.device(device)
     triton_version = None
@@ -837,6 +847,7 @@ def environment(device) -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -989,7 +1000,9 @@ def format_markdown(results: dict) -> str:
     lines = [
         f"# adaptir bench ({results['mode']}): {env['device_name']}",
         "",
-        f"torch {env['torch']}, triton {env['triton']}, {env['threads']} threads, {env['date']}"
+        f"torch {env['torch']}, triton {env['triton']}, {env['threads']} threads"
+        + (f", C++ vector kernels: {env['cpu_isa']}" if env.get("cpu_isa") else "")
+        + f", {env['date']}"
         + (f", source {env['revision']}" if env.get("revision") else "")
         + f"; command: `{results['command']}`",
         "",

@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from adaptir_kernels import bench, cli
+from adaptir_kernels import _ext, bench, cli
+from adaptir_kernels.backends import cpp_available
 from adaptir_kernels.ops import combine_out as combine_out_op
 
 FAST = ["bench", "--tiny", "--backends", "torch", "--repeats", "1", "--warmup", "0"]
@@ -38,6 +39,11 @@ def test_bench_tiny_table_and_json(tmp_path, monkeypatch, capsys):
     assert [c["backend"] for c in res["check"]] == ["torch"] * 3 and all(c["passed"] for c in res["check"])
     assert [c["shape"] for c in res["check"]] == ["check-nhwc", "check-lnc", "check-fft"]
     assert "revision" in env
+    if cpp_available():
+        assert env["cpu_isa"] == _ext.require().cpu_isa() in ("avx2", "baseline")
+        assert f"C++ vector kernels: {env['cpu_isa']}" in md.read_text()
+    else:
+        assert env["cpu_isa"] is None
     assert [s["name"] for s in res["shapes"]] == [s.name for s in bench.TINY_SHAPES]
 
     for sd in res["shapes"]:
