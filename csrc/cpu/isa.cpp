@@ -6,7 +6,9 @@
 namespace adaptir::cpu {
 
 bool cpu_has_avx2_fma() {
-#if defined(__x86_64__) && defined(__GNUC__)
+// The same condition under which the kernels compile an AVX2 build at all: elsewhere
+// only the baseline builds exist.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   static const bool yes = [] {
     const char* env = std::getenv("ADAPTIR_CPU_AVX2");
     if (env != nullptr && std::strcmp(env, "0") == 0) return false;

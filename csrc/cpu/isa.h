@@ -5,9 +5,10 @@
 
 namespace adaptir::cpu {
 
-// True where the CPU has AVX2 and FMA, unless the environment variable
-// ADAPTIR_CPU_AVX2 is "0" at the first call, which selects the baseline builds (so
-// that they can be tested on a machine with AVX2). Read once per process.
+// True where the AVX2 builds exist (x86-64, GCC) and the CPU has AVX2 and FMA, unless
+// the environment variable ADAPTIR_CPU_AVX2 is "0" at the first call, which selects the
+// baseline builds (so that they can be tested on a machine with AVX2). Read once per
+// process.
 bool cpu_has_avx2_fma();
 
 }  // namespace adaptir::cpu
