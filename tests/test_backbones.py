@@ -189,6 +189,37 @@ def test_edt_masks_stored_and_recomputed():
     assert mk.shape == (12, 8, 8) and set(mk.unique().tolist()) <= {0.0, -100.0}
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_edt_half_precision_at_other_sizes(dtype):
+    # A model converted with .to(dtype) at sizes other than its own: the recomputed shifted
+    # window masks must be in the model's dtype, as the stored ones are.
+    if dtype == torch.float16 and not _cpu_half_matmul():
+        pytest.skip("this torch build has no float16 matmul on the CPU")
+    torch.manual_seed(0)
+    ref = tiny_edt("sr_2").eval()
+    m = tiny_edt("sr_2").eval()
+    m.load_state_dict(ref.state_dict())
+    m.to(dtype)
+    b = [b for b in m.modules() if isinstance(b, CSwinTransformerBlock)][1]
+    assert b.attn_mask_h.dtype == dtype
+    for h, w in ((8, 8), (16, 12), (5, 9)):
+        x = torch.rand(1, 3, h, w)
+        with torch.no_grad():
+            y = m(x.to(dtype))
+            y32 = ref(x)
+        assert y.dtype == dtype and y.shape == (1, 3, 2 * h, 2 * w)
+        assert ((y.float() - y32).norm() / y32.norm()).item() < 5e-2
+    assert _cached_mask(16, 12, b.window_size, b.shift_size, 0, b.attn_mask_h.device, dtype).dtype == dtype
+
+
+def _cpu_half_matmul() -> bool:
+    try:
+        torch.ones(2, 2, dtype=torch.float16) @ torch.ones(2, 2, dtype=torch.float16)
+        return True
+    except RuntimeError:
+        return False
+
+
 def test_edt_window_attention_semantics():
     """With one window covering the whole (square) image and no shift, each channel half
     is plain multi-head attention over all positions plus a depthwise 3x3 conv of v."""

@@ -179,11 +179,13 @@ def shifted_window_mask(H: int, W: int, window_size: Sequence[int], shift_size: 
 _MASK_CACHE: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
 
 
-def _cached_mask(H, W, window_size, shift_size, index, device) -> torch.Tensor:
-    key = (H, W, tuple(window_size), tuple(shift_size), index, str(device))
+def _cached_mask(H, W, window_size, shift_size, index, device, dtype=torch.float32) -> torch.Tensor:
+    key = (H, W, tuple(window_size), tuple(shift_size), index, str(device), dtype)
     m = _MASK_CACHE.get(key)
     if m is None:
-        m = shifted_window_mask(H, W, window_size, shift_size, index, device=device)
+        # In the attention's dtype (a half-precision model at another size than its own):
+        # 0 and -100 are exact in float16 and bfloat16.
+        m = shifted_window_mask(H, W, window_size, shift_size, index, device=device).to(dtype)
         _MASK_CACHE[key] = m
         while len(_MASK_CACHE) > 32:
             _MASK_CACHE.popitem(last=False)
@@ -274,12 +276,13 @@ class CSwinTransformerBlock(AdapterSlot, nn.Module):
             self.register_buffer("attn_mask_h", None)
             self.register_buffer("attn_mask_v", None)
 
-    def _mask(self, index: int, x_size: Tuple[int, int], device) -> Optional[torch.Tensor]:
+    def _mask(self, index: int, x_size: Tuple[int, int], device, dtype) -> Optional[torch.Tensor]:
         if not self.shift_size:
             return None
         if tuple(x_size) == self.input_resolution:
             return self.attn_mask_h if index == 0 else self.attn_mask_v
-        return _cached_mask(x_size[0], x_size[1], self.window_size, self.shift_size, index, device)
+        return _cached_mask(x_size[0], x_size[1], self.window_size, self.shift_size, index, device,
+                            self.attn_mask_h.dtype if self.attn_mask_h is not None else dtype)
 
     def forward(self, x: torch.Tensor, x_size: Tuple[int, int]) -> torch.Tensor:
         H, W = x_size
@@ -293,7 +296,7 @@ class CSwinTransformerBlock(AdapterSlot, nn.Module):
             if self.shift_size:
                 sh, sw = _window_dims(self.shift_size, i)
                 part = torch.roll(part, shifts=(-sh, -sw), dims=(2, 3))
-            y = self.attns[i](part, self._mask(i, x_size, x.device))
+            y = self.attns[i](part, self._mask(i, x_size, x.device, x.dtype))
             if self.shift_size:
                 y = torch.roll(y, shifts=(sh, sw), dims=(1, 2))
             outs.append(y)
