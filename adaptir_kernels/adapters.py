@@ -301,17 +301,18 @@ def _swap(model: nn.Module, old: ReferenceAdaptIR, name: str, cls, extra: dict) 
     kwargs = {k: getattr(old, k) for k in _CTOR_ARGS}
     ref_t = next(iter(old.parameters()))
     new = _new_adapter(cls, {**kwargs, **extra}, ref_t.device, ref_t.dtype)
-    new.load_state_dict(old.state_dict(), strict=True)
-    # Keep the very same Parameter / buffer objects, so optimizers and their state that
-    # refer to them stay valid across fuse/unfuse.
-    for pname, p in old.named_parameters():
-        mod_path, _, leaf = pname.rpartition(".")
-        setattr(new.get_submodule(mod_path) if mod_path else new, leaf, p)
-    for bname, b in old.named_buffers():
-        mod_path, _, leaf = bname.rpartition(".")
-        owner = new.get_submodule(mod_path) if mod_path else new
-        owner._buffers[leaf] = b
-    new.train(old.training)
+    new.load_state_dict(old.state_dict(), strict=True)  # the same layout, checked
+    # Keep the very same submodules and the adapter's own Parameter / buffer objects:
+    # optimizers and their state that refer to the parameters stay valid across
+    # fuse/unfuse, and each submodule keeps its mode and settings (a BN put in eval mode
+    # to freeze its statistics, its momentum and eps).
+    for cname, child in old.named_children():
+        setattr(new, cname, child)
+    for pname, p in old.named_parameters(recurse=False):
+        setattr(new, pname, p)
+    for bname, b in old.named_buffers(recurse=False):
+        new._buffers[bname] = b
+    new.training = old.training
     parent_path, _, leaf = name.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, leaf, new)

@@ -335,6 +335,29 @@ def test_fuse_unfuse_round_trip():
     assert all(a.backend == "torch" for a in adapter_modules(m).values())
 
 
+@needs_fused
+def test_fuse_unfuse_keep_submodule_modes_and_bn_settings():
+    # Adapters trained with frozen BN statistics (BN in eval mode inside a training model),
+    # a cumulative-average momentum and another eps: swapping keeps all of it.
+    torch.manual_seed(0)
+    m = randomize_adapters(inject(tiny_edt(), backend="reference")).train()
+    for a in adapter_modules(m).values():
+        a.BN.eval()
+        a.BN.momentum, a.BN.eps = None, 1e-3
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        y_ref = m(x)
+    stats = {k: v.clone() for k, v in m.state_dict().items() if "running" in k or "num_batches" in k}
+    for swap in (lambda: fuse(m, backend="torch"), lambda: unfuse(m), lambda: fuse(m, backend="torch")):
+        swap()
+        for a in adapter_modules(m).values():
+            assert a.training and not a.BN.training
+            assert a.BN.momentum is None and a.BN.eps == 1e-3
+        with torch.no_grad():
+            assert rel(m(x), y_ref) < 1e-5  # eval-mode BN with eps 1e-3, as before the swap
+        assert all(torch.equal(m.state_dict()[k], v) for k, v in stats.items())  # statistics frozen
+
+
 # -- full-size counts: asserted with the published key sets in test_backbones.py
 # (IPT 24 x 29,069 = 697,656; EDT-B 36 x 4,817 = 173,412).
 
