@@ -406,6 +406,18 @@ class AdapterLoadError(ValueError):
     """An adapter file does not fit the model."""
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside torch.compile's and (Distributed)DataParallel's wrappers, whose
+    state_dict keys are the model's own (no `_orig_mod.` or `module.` prefix)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def adapter_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The adapters' state (parameters and BN buffers) under the model's own key names."""
     prefixes = tuple(name + "." for name in adapter_modules(model))
@@ -421,10 +433,14 @@ def save_adapters(model: nn.Module, path: Union[str, os.PathLike], include_train
     The file is written to a temporary file in the same directory, flushed and fsynced,
     then renamed over `path` (os.replace), so a reader never sees a partial file.
     include_trainable: also store other trainable parameters (e.g. a task head/tail
-    unfrozen with inject(train_task_head_tail=True)). Returns the tensors written.
+    unfrozen with inject(train_task_head_tail=True)). The key names are those of the
+    model itself, also when it is wrapped (torch.compile, DistributedDataParallel). The
+    metadata records the model's class and, for IPT/EDT, the task it is built for
+    (`model_task`), which load_adapters checks. Returns the tensors written.
     """
     from safetensors.torch import save as st_save
 
+    model = unwrapped(model)
     tensors = adapter_state_dict(model)
     if not tensors:
         raise ValueError(f"{type(model).__name__} has no adapters to save (call adaptir_kernels.inject first)")
@@ -441,7 +457,11 @@ def save_adapters(model: nn.Module, path: Union[str, os.PathLike], include_train
         "format_version": _FORMAT_VERSION,
         "num_adapters": str(len(adapter_modules(model))),
         "extra_keys": json.dumps(sorted(extra)),
+        "model": type(model).__name__,
     }
+    task = getattr(model, "task", None)
+    if isinstance(task, (str, int)):
+        meta["model_task"] = str(task)
     if metadata:
         meta.update({str(k): str(v) for k, v in metadata.items()})
     data = st_save(tensors, metadata=meta)
@@ -459,14 +479,18 @@ def _fmt(keys: Sequence[str], limit: int = 6) -> str:
     return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_adapters(model: nn.Module, path: Union[str, os.PathLike], strict: bool = True) -> Dict[str, List[str]]:
+def load_adapters(model: nn.Module, path: Union[str, os.PathLike], strict: bool = True,
+                  check_task: bool = True) -> Dict[str, List[str]]:
     """Load adapter tensors written by save_adapters (or any safetensors file with the
     model's adapter key names) into `model` in place.
 
     Raises FileNotFoundError for a missing file and AdapterLoadError when the file does
-    not fit: missing or unexpected keys (strict), or any shape mismatch. Values are
-    copied into the existing tensors (device and dtype of the model are kept).
-    Returns {"loaded": [...], "missing": [...], "unexpected": [...]}.
+    not fit: missing or unexpected keys (strict), any shape mismatch, or (check_task) a
+    file saved from a model built for another task than `model` (adapters are trained
+    per task, and their keys do not say which: EDT's sr_2 and denoise_30 adapters have
+    the same names and shapes). check_task=False loads them anyway, e.g. to start from
+    another task's adapters. Values are copied into the existing tensors (device and
+    dtype of the model are kept). Returns {"loaded": [...], "missing": [...], "unexpected": [...]}.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -486,10 +510,19 @@ def load_adapters(model: nn.Module, path: Union[str, os.PathLike], strict: bool 
     except Exception:  # metadata is informative only
         meta = {}
 
+    model = unwrapped(model)
     own = adapter_state_dict(model)
     if not own:
         raise AdapterLoadError(
             f"{type(model).__name__} has no adapters; call adaptir_kernels.inject(model) before load_adapters")
+    file_model, file_task = meta.get("model"), meta.get("model_task")
+    task = getattr(model, "task", None)
+    if (check_task and file_task is not None and isinstance(task, (str, int)) and str(task) != file_task
+            and file_model in (None, type(model).__name__)):
+        raise AdapterLoadError(
+            f"{path} holds adapters of a {file_model or 'model'} built for task {file_task!r}, but this "
+            f"{type(model).__name__} is built for {str(task)!r}: adapters are trained per task. Build the "
+            f"model for {file_task!r}, or pass check_task=False to load them anyway")
     extra_allowed = set(json.loads(meta.get("extra_keys", "[]") or "[]"))
     full = model.state_dict()
     for k in extra_allowed:
@@ -508,9 +541,12 @@ def load_adapters(model: nn.Module, path: Union[str, os.PathLike], strict: bool 
     if mismatch:
         problems.append(f"{len(mismatch)} shape mismatch(es): " + "; ".join(mismatch[:6]))
     if problems:
-        hint = ""
+        hints = []
+        if file_model is not None and file_model != type(model).__name__:
+            hints.append(f"the file was saved from a {file_model}")
         if unexpected and missing and len(unexpected) == len(missing):
-            hint = " (same count of missing and unexpected keys: was the file saved from a different module prefix?)"
+            hints.append("same count of missing and unexpected keys: was the file saved from a different module prefix?")
+        hint = f" ({'; '.join(hints)})" if hints else ""
         raise AdapterLoadError(f"{path} does not fit {type(model).__name__}: " + " | ".join(problems) + hint)
 
     loaded = []

@@ -12,6 +12,7 @@ from torch import nn
 from adaptir_kernels.adapters import (
     AdapterLoadError,
     adapter_modules,
+    adapter_state_dict,
     fuse,
     inject,
     load_adapters,
@@ -414,6 +415,18 @@ def test_save_include_trainable(tmp_path):
     assert torch.equal(m2.head_sr_x2[0].weight, m.head_sr_x2[0].weight)
 
 
+def test_save_adapters_of_a_wrapped_model(tmp_path):
+    # torch.compile's and DDP's wrappers prefix the keys; the file has the model's own.
+    torch.manual_seed(0)
+    m = randomize_adapters(inject(tiny_edt(), backend="reference"))
+    path = tmp_path / "a.safetensors"
+    written = save_adapters(torch.compile(m), path)
+    assert set(written) == set(adapter_state_dict(m))
+    fresh = inject(tiny_edt(), backend="reference")
+    load_adapters(torch.nn.DataParallel(fresh), path)  # and loads into a wrapped model
+    assert all(torch.equal(v, adapter_state_dict(m)[k]) for k, v in adapter_state_dict(fresh).items())
+
+
 def test_load_adapters_errors(tmp_path):
     torch.manual_seed(0)
     m = inject(tiny_edt(), backend="reference")
@@ -438,6 +451,15 @@ def test_load_adapters_errors(tmp_path):
         load_adapters(m, bad)
     with pytest.raises(ValueError, match="no adapters to save"):
         save_adapters(tiny_edt(), tmp_path / "x.safetensors")
+    # adapters of another task: the same keys and shapes, refused unless asked for
+    other = inject(tiny_edt("denoise_30"), backend="reference")
+    with pytest.raises(AdapterLoadError, match="built for task 'sr_2'.*built for 'denoise_30'"):
+        load_adapters(other, path)
+    assert load_adapters(other, path, check_task=False)["loaded"]
+    ipt_path = tmp_path / "ipt.safetensors"
+    save_adapters(inject(tiny_ipt(num_layers=1), backend="reference", hidden=8), ipt_path)
+    with pytest.raises(AdapterLoadError, match="saved from a IPT"):
+        load_adapters(m, ipt_path)
     # non-strict: loads what fits, still refuses shape mismatches
     small = inject(tiny_edt(depths=(2,), num_heads=(2,)), backend="reference")
     res = load_adapters(small, path, strict=False)
