@@ -232,12 +232,18 @@ class AdaptIR(ReferenceAdaptIR):
         compiling = torch.compiler.is_compiling()
         backend = resolve_backend(self.backend, x.device, x.dtype) if compiling else self._backend_for(x)
         bn = self.BN
-        training = bn.training or not bn.track_running_stats
+        # nn.BatchNorm2d's rule: batch statistics in training mode, and in eval mode where
+        # there are no running statistics (track_running_stats turned off after
+        # construction keeps them, and eval mode then still uses them).
+        training = bn.training or (bn.running_mean is None and bn.running_var is None)
         if training and n * H * W <= 1:
             raise ValueError(
                 f"training-mode BatchNorm needs more than one value per channel, got N*H*W = {n * H * W}")
         cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
         params = self._chain_parameters()
+        if params[2] is None or params[3] is None:
+            raise ValueError("the fused AdaptIR needs an affine BN (BN.weight and BN.bias, as in the published "
+                             "checkpoints); got BatchNorm2d(affine=False): use the reference AdaptIR for it")
         cast = False
         for t in params:
             if t.dtype != cdt:

@@ -229,6 +229,8 @@ def test_bad_arguments_are_named():
         OPS.bn_running_update_(rm, rv, torch.tensor(0), rm, rv, 0.1, 1)
     with pytest.raises(RuntimeError, match="shape"):
         OPS.bn_running_update_(rm, rv, torch.tensor(0), rm[:2], rv, 0.1, 8)
+    with pytest.raises(RuntimeError, match="vectors of one length"):  # never written past rv's end
+        OPS.bn_running_update_(rm, rv[:1], torch.tensor(0), rm, rv[:1], 0.1, 8)
     with pytest.raises(RuntimeError, match="one int64"):
         OPS.bn_running_update_(rm, rv, torch.tensor(0.0), rm, rv, 0.1, 8)
     with pytest.raises(RuntimeError, match="share one dtype"):

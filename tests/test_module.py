@@ -187,6 +187,33 @@ def test_batchnorm_without_running_statistics(backend):
         compare_modules(ref, mod, x)
 
 
+@pytest.mark.parametrize("backend", [b for b in ("torch", "cpp") if b in available_backends("cpu")])
+def test_batchnorm_tracking_turned_off(backend):
+    """track_running_stats turned off after construction keeps the buffers: nn.BatchNorm2d
+    then normalises with them in eval mode, with the batch's in train mode, and updates
+    nothing."""
+    ref, mod = make_pair(fused(backend), seed=43)
+    x = make_input("nhwc", 2, 4, 5, 56, seed=44)
+    for m in (ref, mod):
+        m.BN.running_mean.normal_(0.0, 0.3), m.BN.running_var.uniform_(0.5, 2.0)
+    mod.BN.load_state_dict(ref.BN.state_dict())
+    for m in (ref, mod):
+        m.BN.track_running_stats = False
+    before = {k: v.clone() for k, v in mod.BN.state_dict().items()}
+    for training in (False, True):
+        ref.train(training), mod.train(training)
+        compare_modules(ref, mod, x)
+    assert all(torch.equal(v, before[k]) for k, v in mod.BN.state_dict().items())
+
+
+@pytest.mark.parametrize("backend", [b for b in ("torch", "cpp") if b in available_backends("cpu")])
+def test_batchnorm_without_affine_is_refused(backend):
+    mod = AdaptIR(56, backend=backend)
+    mod.BN = torch.nn.BatchNorm2d(mod.hidden, affine=False)
+    with pytest.raises(ValueError, match="affine BN"):
+        mod(torch.randn(2, 4, 5, 56))
+
+
 def test_backend_selection(monkeypatch):
     assert resolve_backend("torch", "cpu") == "torch"
     with pytest.raises(ValueError, match="unknown backend"):

@@ -232,6 +232,9 @@ void bn_running_update_(const at::Tensor& running_mean, const at::Tensor& runnin
                         const at::Tensor& var, std::optional<double> momentum, int64_t count) {
   constexpr const char* op = "bn_running_update_";
   TORCH_CHECK(count > 1, op, ": the unbiased variance needs count > 1, got ", count);
+  TORCH_CHECK(running_mean.dim() == 1 && running_var.sizes() == running_mean.sizes(), op,
+              ": running_mean and running_var must be vectors of one length, got shapes ",
+              running_mean.sizes(), " and ", running_var.sizes());
   TORCH_CHECK(mean.sizes() == running_mean.sizes() && var.sizes() == running_var.sizes(), op,
               ": mean and var must have the running statistics' shape ", running_mean.sizes(),
               ", got ", mean.sizes(), " and ", var.sizes());
