@@ -79,7 +79,7 @@ def combine_out_backward(
 
 @combine_out_backward.register_fake
 def _(grad_out, l, g, sg, cg, cs, tail_w, layout, backend):
-    return tuple(torch.empty_like(t) for t in (l, g, sg, cg, cs, tail_w))
+    return tuple(t.new_empty(t.shape) for t in (l, g, sg, cg, cs, tail_w))
 
 
 def _setup_context(ctx, inputs, output):

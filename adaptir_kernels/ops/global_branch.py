@@ -129,7 +129,7 @@ def global_branch(
 
 @global_branch.register_fake
 def _(u, amp_w, amp_b, pha_w, pha_b, backend):
-    return (torch.empty_like(u), u.new_empty(u.shape[:2]),
+    return (u.new_empty(u.shape), u.new_empty(u.shape[:2]),
             u.new_empty(sign_shape(u.shape), dtype=torch.uint8))
 
 
@@ -143,8 +143,8 @@ def global_branch_backward(
 
 @global_branch_backward.register_fake
 def _(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b, backend):
-    return (torch.empty_like(u), torch.empty_like(amp_w), torch.empty_like(amp_b),
-            torch.empty_like(pha_w), torch.empty_like(pha_b))
+    return (u.new_empty(u.shape), amp_w.new_empty(amp_w.shape), amp_b.new_empty(amp_b.shape),
+            pha_w.new_empty(pha_w.shape), pha_b.new_empty(pha_b.shape))
 
 
 def _setup_context(ctx, inputs, output):

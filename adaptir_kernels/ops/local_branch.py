@@ -62,7 +62,7 @@ def local_branch(
 @local_branch.register_fake
 def _(u, conv_A, conv_B, conv_bias, si_weight, si_bias, backend):
     N, h, H, W = u.shape
-    return torch.empty_like(u), u.new_empty((N, H, W))
+    return u.new_empty(u.shape), u.new_empty((N, H, W))
 
 
 @torch.library.custom_op("adaptir::local_branch_backward", mutates_args=())
@@ -75,8 +75,8 @@ def local_branch_backward(
 
 @local_branch_backward.register_fake
 def _(grad_l, grad_sg, u, conv_A, conv_B, conv_bias, si_weight, si_bias, backend):
-    return (torch.empty_like(u), torch.empty_like(conv_A), torch.empty_like(conv_B),
-            torch.empty_like(conv_bias), torch.empty_like(si_weight), torch.empty_like(si_bias))
+    return (u.new_empty(u.shape), conv_A.new_empty(conv_A.shape), conv_B.new_empty(conv_B.shape),
+            conv_bias.new_empty(conv_bias.shape), si_weight.new_empty(si_weight.shape), si_bias.new_empty(si_bias.shape))
 
 
 def _setup_context(ctx, inputs, output):

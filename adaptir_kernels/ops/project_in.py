@@ -99,7 +99,7 @@ def _(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, training, 
     N = x.shape[0] if layout == "nhwc" else x.shape[1]
     h = weight.shape[0]
     u = weight.new_empty((N, h, H, W))
-    return u, torch.empty_like(u), weight.new_empty((h,)), weight.new_empty((h,))
+    return u, u.new_empty(u.shape), weight.new_empty((h,)), weight.new_empty((h,))
 
 
 @torch.library.custom_op("adaptir::project_in_backward", mutates_args=())
@@ -113,7 +113,7 @@ def project_in_backward(
 @project_in_backward.register_fake
 def _(grad_u, x, xhat, weight, bn_weight, var, training, eps, layout, H, W, backend):
     h = weight.shape[0]
-    return (torch.empty_like(x), torch.empty_like(weight), weight.new_empty((h,)),
+    return (x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty((h,)),
             weight.new_empty((h,)), weight.new_empty((h,)))
 
 

@@ -133,7 +133,7 @@ def router_backward(
 def _(grad_cs, grad_cg, u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
       gmean, ci1_w, ci1_b, ci3_w, ci3_b, backend):
     like = (u, gmean, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, ci1_w, ci1_b, ci3_w, ci3_b)
-    return tuple(torch.empty_like(t) for t in like)
+    return tuple(t.new_empty(t.shape) for t in like)
 
 
 def _setup_context(ctx, inputs, output):
