@@ -14,6 +14,7 @@ gradients without Python between the operators; `CPP_CHAIN = False` turns that o
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -241,6 +242,9 @@ class AdaptIR(ReferenceAdaptIR):
                 f"training-mode BatchNorm needs more than one value per channel, got N*H*W = {n * H * W}")
         cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
         params = self._chain_parameters()
+        for _, _, child in self._chain_slots[1]:
+            if child._forward_pre_hooks or child._forward_hooks:
+                return self._forward_with_submodule_hooks(x, hw, child)
         if params[2] is None or params[3] is None:
             raise ValueError("the fused AdaptIR needs an affine BN (BN.weight and BN.bias, as in the published "
                              "checkpoints); got BatchNorm2d(affine=False): use the reference AdaptIR for it")
@@ -281,6 +285,17 @@ class AdaptIR(ReferenceAdaptIR):
         if bn.training and bn.track_running_stats:
             self._update_running_stats(mean, var, n * H * W)
         return out
+
+    def _forward_with_submodule_hooks(self, x: torch.Tensor, hw, child: torch.nn.Module) -> torch.Tensor:
+        """The eager reference's forward, which calls the submodules: the operators read
+        the parameters directly and would skip a hook on a submodule (the hook form of
+        torch.nn.utils.weight_norm / spectral_norm recomputes the weight in one)."""
+        if not getattr(self, "_hooks_warned", False):
+            self._hooks_warned = True
+            warnings.warn(f"AdaptIR: a submodule ({type(child).__name__}) has forward hooks, which the fused "
+                          "operators would skip; this adapter runs the eager reference path instead "
+                          "(torch.nn.utils.parametrize works with the fused path)", stacklevel=3)
+        return ReferenceAdaptIR.forward(self, x, hw)
 
     def _chain_parameters(self) -> list:
         """The parameters in `_PARAMETERS` order, read straight from their modules' dicts.

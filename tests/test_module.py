@@ -1,6 +1,7 @@
 """The fused module against the reference: every backend, both layouts, train and eval."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -212,6 +213,24 @@ def test_batchnorm_without_affine_is_refused(backend):
     mod.BN = torch.nn.BatchNorm2d(mod.hidden, affine=False)
     with pytest.raises(ValueError, match="affine BN"):
         mod(torch.randn(2, 4, 5, 56))
+
+
+@pytest.mark.parametrize("backend", [b for b in ("torch", "cpp") if b in available_backends("cpu")])
+def test_submodule_hooks_take_the_reference_path(backend):
+    """The hook form of weight_norm recomputes tail.weight in a forward pre-hook of tail,
+    which the operators never call: the module runs the reference path instead (with a
+    warning), so the result follows weight_g / weight_v."""
+    ref, mod = make_pair(fused(backend), seed=45)
+    for m in (ref, mod):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the hook form is deprecated
+            torch.nn.utils.weight_norm(m.tail)
+        with torch.no_grad():
+            m.tail.weight_g.mul_(3.0)
+    x = make_input("nhwc", 2, 4, 5, 56, seed=46)
+    with pytest.warns(UserWarning, match="forward hooks"):
+        compare_modules(ref, mod, x)
+    compare_modules(ref, mod, x)  # warned once, still right
 
 
 def test_backend_selection(monkeypatch):
