@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args._argv = argv  # which options were given (a resumed run takes the others from its checkpoint)
     return int(args.func(args) or 0)
 
 

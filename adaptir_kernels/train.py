@@ -18,7 +18,11 @@ The run folder holds:
     log.csv               step, loss, learning rate, throughput, validation PSNR/SSIM
 Resuming restores the step, the adapters, the optimizer, scheduler and grad-scaler
 state, the torch / numpy / Python RNG states of every rank, and the data stream's
-position, so the resumed run continues exactly as if it had never stopped.
+position, so the resumed run continues exactly as if it had never stopped. Options not
+given again come from the checkpoint (the backend among them); options given again must
+agree with it, except the data folders, workers, backend and the checkpoint, validation
+and log intervals. The run's length is the one it started with. --overwrite starts over
+and removes the old run's checkpoints and adapters.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -80,10 +85,10 @@ _SHARED_HEAD = {"lr4_noise30": "sr_4", "lr4_jpeg30": "sr_4", "low_light": "denoi
 # must agree with it, except these, which may change between a run and its resumption.
 _RESUME_CHANGEABLE = {
     "data", "lq", "val_data", "val_lq", "max_val_images", "workers", "ckpt_every", "val_every", "log_every",
-    "keep_checkpoints",
+    "keep_checkpoints", "backend",
 }
 # Not stored in checkpoints at all.
-_NOT_STORED = {"resume", "overwrite", "quiet", "stop_after", "out", "func", "command", "device", "backend", "progress"}
+_NOT_STORED = {"resume", "overwrite", "quiet", "stop_after", "out", "func", "command", "device", "progress"}
 
 
 class UsageError(Exception):
@@ -228,6 +233,11 @@ class Dist:
 
 def init_distributed(device_arg: Optional[str]) -> Dist:
     """Join the process group that torchrun describes (WORLD_SIZE > 1), else a single process."""
+    if device_arg:
+        try:
+            torch.device(device_arg)
+        except RuntimeError as err:
+            raise UsageError(f"--device {device_arg!r} is not a device (cpu, cuda, cuda:1, ...): {err}") from None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want_cuda = device_arg.startswith("cuda") if device_arg else torch.cuda.is_available()
     if want_cuda and not torch.cuda.is_available():
@@ -305,25 +315,57 @@ def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimi
 
 
 def _resolve_milestones(values: Sequence[float], total: int) -> List[int]:
+    """Step numbers of the LR decays. A fraction v of the run decays after step
+    floor(v * total + 1/2), at least step 1; milestones that meet on one step (short runs)
+    are all kept: MultiStepLR then applies gamma once for each."""
     steps = []
     for v in values:
         if v <= 0:
             raise UsageError(f"--milestones must be positive, got {v}")
-        steps.append(int(round(v * total)) if v <= 1 else int(v))
-    return sorted(set(steps))
+        steps.append(max(1, math.floor(v * total + 0.5)) if v <= 1 else int(v))
+    return sorted(steps)
 
 
 def _config_for_resume(args: argparse.Namespace) -> Dict[str, Any]:
-    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_STORED and not callable(v)}
+    return {k: v for k, v in sorted(vars(args).items())
+            if k not in _NOT_STORED and not k.startswith("_") and not callable(v)}
+
+
+def _default_out(args: argparse.Namespace) -> Optional[str]:
+    """runs/<backbone>_<task>: the folder of a run started without --out, where the
+    command line says which (the built-in demo: edt, sr_2)."""
+    backbone = args.backbone or (None if args.weights else "edt")
+    task = args.task or (None if args.weights else "sr_2")
+    if backbone is None or task is None:
+        return None
+    try:
+        return os.path.join("runs", f"{backbone}_{get_task(task).name}")
+    except ValueError:
+        return None
+
+
+def _given_options(args: argparse.Namespace) -> Optional[set]:
+    """The options the command line gave (their dests), from the argv the `adaptir` command
+    parsed; None where args did not come from it (then "given" means "not at its default")."""
+    argv = getattr(args, "_argv", None)
+    if argv is None or "finetune" not in argv:
+        return None
+    p = build_parser(argparse.ArgumentParser(add_help=False))
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    given, _ = p.parse_known_args(argv[argv.index("finetune") + 1:])
+    return set(vars(given))
 
 
 def _merge_resumed_config(args: argparse.Namespace, stored: Dict[str, Any], where: str) -> None:
-    """Options left at their defaults take the checkpoint's values; others must agree."""
-    defaults = vars(build_parser(argparse.ArgumentParser()).parse_args([]))
+    """Options not given on the command line take the checkpoint's values; given ones must
+    agree with it (except the changeable ones)."""
+    given = _given_options(args)
+    defaults = vars(build_parser(argparse.ArgumentParser()).parse_args([])) if given is None else {}
     conflicts = []
     for k, v in stored.items():
         cur = getattr(args, k, None)
-        if cur == defaults.get(k):
+        if (k not in given) if given is not None else (cur == defaults.get(k)):
             setattr(args, k, v)
         elif cur != v and k not in _RESUME_CHANGEABLE:
             conflicts.append(f"--{k.replace('_', '-')}: {v!r} -> {cur!r}")
@@ -460,27 +502,38 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
         if not quiet:
             print(msg, flush=True)
 
+    # Paths absolute first: a resumed run compares them with the checkpoint's.
+    for key in ("data", "lq", "val_data", "val_lq", "weights"):
+        if getattr(args, key):
+            setattr(args, key, os.path.abspath(getattr(args, key)))
     ckpt = None
     resume_from = None
     if args.resume is not None:
         if args.resume == "auto":
             if args.out is None:
-                raise UsageError("--resume needs --out RUN_FOLDER (or the checkpoint's path: --resume CKPT)")
+                default_out = _default_out(args)
+                if default_out is None or not os.path.isfile(os.path.join(default_out, "checkpoint.pt")):
+                    raise UsageError("--resume needs --out RUN_FOLDER (or the checkpoint's path: --resume CKPT)")
+                args.out = default_out
             resume_from = os.path.join(args.out, "checkpoint.pt")
         else:
             resume_from = args.resume
         if not os.path.isfile(resume_from):
             raise UsageError(f"--resume: checkpoint not found: {resume_from}")
-        ckpt = load_checkpoint(resume_from)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
+        try:
+            ckpt = load_checkpoint(resume_from)
+        except RuntimeError as err:
+            raise UsageError(str(err)) from None
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or not isinstance(
+                ckpt.get("config"), dict):
             raise UsageError(f"{resume_from} is not an `adaptir finetune` checkpoint")
         _merge_resumed_config(args, ckpt["config"], resume_from)
         if args.out is None:
             args.out = os.path.dirname(os.path.abspath(resume_from))
-
-    for key in ("data", "lq", "val_data", "val_lq", "weights"):
-        if getattr(args, key):
-            setattr(args, key, os.path.abspath(getattr(args, key)))
+    if args.lq and not args.data:
+        raise UsageError("--lq pairs LQ images with the images of --data: give --data too")
+    if args.val_lq and not args.val_data:
+        raise UsageError("--val-lq pairs LQ images with the images of --val-data: give --val-data too")
     if args.weights:
         if args.backbone is None or args.task is None:
             raise UsageError("--backbone and --task are required with --weights")
@@ -540,6 +593,11 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
         total = DEMO_ITERS if demo else PAPER_EPOCHS * steps_per_epoch
     if total < 1:
         raise UsageError("the run has no steps: --iters/--epochs must be positive")
+    if resume_from and "total_steps" in ckpt and int(ckpt["total_steps"]) != total:
+        # The length was fixed when the run started (its milestones are in the scheduler's
+        # state); data that has changed since does not change it.
+        say(f"run length: {int(ckpt['total_steps'])} steps as started (the data now makes {total})")
+        total = int(ckpt["total_steps"])
     milestones = _resolve_milestones(args.milestones, total)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -569,6 +627,12 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
 
     if d.main:
         os.makedirs(out, exist_ok=True)
+        if not resume_from:
+            # A new run (--overwrite): nothing of the old one may be resumed or taken for its result.
+            stale = [os.path.join(out, n) for n in os.listdir(out)
+                     if n in ("checkpoint.pt", "adapters.safetensors") or re.fullmatch(r"checkpoint_\d+\.pt", n)]
+            for path in stale:
+                os.remove(path)
         run = {"model": spec.to_json(), "total_steps": total, "milestones": milestones}
         if not args.weights:
             bb = saved_backbone

@@ -82,7 +82,7 @@ def test_two_step_finetune_writes_checkpoint_adapters_and_log(tmp_path, data_dir
 
 def test_stop_and_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, data_dir):
     data, _ = data_dir
-    common = ["--iters", "6", "--ckpt-every", "2"]  # milestones at 3, 5, 6: the schedule matters
+    common = ["--iters", "6", "--ckpt-every", "2"]  # milestones at 3, 5, 5, 6: the schedule matters
     full = finetune(tiny_args(tmp_path / "full", data, extra=common))
     # "killed" after step 5: the last checkpoint is step 4, step 5's work is lost
     part = finetune(tiny_args(tmp_path / "part", data, extra=common + ["--stop-after", "5"]))
@@ -182,3 +182,115 @@ def test_ddp_two_gloo_processes_agree_and_resume(tmp_path, data_dir):
     for r in range(2):
         for k, v in full[r]["state"].items():
             assert torch.equal(v, resumed[r]["state"][k]), (r, k)
+
+
+# -- resuming and restarting: what the command line means --------------------------------
+
+
+def _cli(argv, capsys=None):
+    from adaptir_kernels import cli
+
+    return cli.main(["finetune", *argv])
+
+
+def _tiny_argv(extra=(), backbone_config=TINY_EDT):
+    return ["--backbone", "edt", "--task", "sr_2", "--backbone-config", backbone_config,
+            "--adapter-config", TINY_ADAPTER, "--patch-size", "8", "--batch-size", "2", "--workers", "0",
+            "--quiet", "--lr", "1e-3", *extra]
+
+
+def test_resume_the_same_command_with_relative_paths(tmp_path, data_dir, monkeypatch, capsys):
+    data, _ = data_dir
+    monkeypatch.chdir(tmp_path)
+    assert _cli(_tiny_argv(["--data", data, "--out", "first", "--iters", "1"])) == 0
+    # a run on that backbone, named relatively, stopped and resumed by repeating the command
+    cmd = _tiny_argv(["--weights", "first/backbone.pt", "--data", os.path.relpath(data), "--out", "second",
+                      "--iters", "4", "--ckpt-every", "2", "--seed", "3"])
+    assert _cli(cmd + ["--stop-after", "2"]) == 0
+    assert _cli(cmd + ["--resume"]) == 0, capsys.readouterr().err
+    assert load_checkpoint("second/checkpoint.pt")["step"] == 4
+    # an option given explicitly counts even at its default value: --seed 0 is not the run's 3
+    assert _cli(_tiny_argv(["--out", "second", "--resume", "--seed", "0"])) == 2
+    assert "--seed: 3 -> 0" in capsys.readouterr().err
+
+
+def test_resume_without_out_finds_the_default_folder(tmp_path, data_dir, monkeypatch):
+    data, _ = data_dir
+    monkeypatch.chdir(tmp_path)
+    assert _cli(_tiny_argv(["--data", data, "--iters", "2", "--ckpt-every", "1", "--stop-after", "1"])) == 0
+    assert os.path.isfile("runs/edt_sr_2/checkpoint.pt")
+    assert _cli(_tiny_argv(["--data", data, "--iters", "2", "--ckpt-every", "1", "--resume"])) == 0
+    assert load_checkpoint("runs/edt_sr_2/checkpoint.pt")["step"] == 2
+
+
+def test_overwrite_leaves_nothing_of_the_old_run_to_resume(tmp_path, data_dir):
+    data, _ = data_dir
+    out = tmp_path / "ow"
+    finetune(tiny_args(out, data, extra=["--iters", "2", "--ckpt-every", "1", "--keep-checkpoints"]))
+    assert (out / "adapters.safetensors").exists() and (out / "checkpoint_00000001.pt").exists()
+    # started over, then stopped before its first checkpoint
+    s = finetune(tiny_args(out, data, extra=["--iters", "4", "--ckpt-every", "4", "--seed", "1", "--overwrite",
+                                             "--stop-after", "1"]))
+    assert s["stopped"]
+    assert set(os.listdir(out)) <= {"backbone.pt", "log.csv", "run.json"}  # no checkpoint, no adapters
+    with pytest.raises(UsageError, match="checkpoint not found"):
+        finetune(tiny_args(out, data, extra=["--resume"]))
+
+
+def test_resume_keeps_the_run_length_and_backend(tmp_path, data_dir):
+    data, _ = data_dir
+    grow = tmp_path / "grow"
+    grow.mkdir()
+    for n in os.listdir(data):
+        (grow / n).write_bytes((tmp_path / data / n).read_bytes())
+    out = tmp_path / "ep"
+    # 3 images, batch 2: 2 steps per epoch, 4 in all
+    s = finetune(tiny_args(out, str(grow), extra=["--epochs", "2", "--ckpt-every", "1", "--stop-after", "1",
+                                                  "--backend", "reference"]))
+    assert s["total_steps"] == 4
+    for i in (3, 4):  # the folder gains images: 3 steps per epoch now
+        (grow / f"img{i}.png").write_bytes((grow / "img0.png").read_bytes())
+    resumed = finetune(build_parser(argparse.ArgumentParser()).parse_args(
+        ["--out", str(out), "--resume", "--quiet", "--workers", "0"]))
+    assert resumed["total_steps"] == 4 and resumed["step"] == 4
+    assert load_checkpoint(str(out / "checkpoint.pt"))["scheduler"]["milestones"] == {2: 1, 3: 1, 4: 2}
+    from adaptir_kernels.adapters import adapter_modules
+    from adaptir_kernels.reference import AdaptIR as ReferenceAdaptIR
+
+    assert all(type(a) is ReferenceAdaptIR for a in adapter_modules(resumed["model"]).values())
+
+
+def test_bad_resume_and_device_arguments_are_usage_errors(tmp_path, data_dir):
+    data, _ = data_dir
+    out = tmp_path / "bad"
+    finetune(tiny_args(out, data, extra=["--iters", "1"]))
+    raw = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(raw[:3000])
+    with pytest.raises(UsageError, match="cannot read checkpoint"):
+        finetune(tiny_args(out, data, extra=["--resume"]))
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with pytest.raises(UsageError, match="not an `adaptir finetune` checkpoint"):
+        finetune(tiny_args(out, data, extra=["--resume", str(tmp_path / "tensor.pt")]))
+    with pytest.raises(UsageError, match="--device 'gpu' is not a device"):
+        finetune(tiny_args(tmp_path / "dev", data, extra=["--iters", "1", "--device", "gpu"]))
+    with pytest.raises(UsageError, match="give --data too"):
+        finetune(build_parser(argparse.ArgumentParser()).parse_args(["--lq", data, "--out", str(tmp_path / "x")]))
+    with pytest.raises(UsageError, match="give --val-data too"):
+        finetune(tiny_args(tmp_path / "y", data, extra=["--val-lq", data]))
+
+
+def test_milestones_of_short_runs_keep_every_decay():
+    from adaptir_kernels.train import PAPER_MILESTONES, _resolve_milestones
+
+    assert _resolve_milestones(PAPER_MILESTONES, 10) == [5, 8, 9, 10]
+    assert _resolve_milestones(PAPER_MILESTONES, 6) == [3, 5, 5, 6]
+    assert _resolve_milestones(PAPER_MILESTONES, 1) == [1, 1, 1, 1]  # never before the first step
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, _resolve_milestones(PAPER_MILESTONES, 6), gamma=0.5)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.125]
+    assert opt.param_groups[0]["lr"] == 1.0 / 16  # all four halvings happened
