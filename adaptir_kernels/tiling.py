@@ -149,10 +149,11 @@ def restore(
     """Restore an image batch x (N, 3, H, W) with an IPT or EDT model in eval mode, under
     no_grad, returning (N, 3, H*s, W*s). The model's training flag is restored after.
 
-    IPT: tiles of the model's patch size (48); margin/stride default to 12 as published.
+    IPT: tiles of the model's patch size (48); margin/stride default to 12 as published
+    (a wider margin given alone takes the stride it leaves, patch - 2 * margin).
     EDT: tile=None runs the whole (mirror-padded) image at once; tile=T runs T x T tiles
     (T rounded up to the model's pad multiple) with margin (default 16, or T/8 if
-    larger) to bound memory on large images.
+    larger) to bound memory on large images; an image within one tile runs whole.
     Other models: tile is required; scale is read from model.scale (default 1).
     """
     from .backbones import EDT, IPT
@@ -164,9 +165,11 @@ def restore(
             P = model.patch_size
             if tile is not None and _pair(tile) != (P, P):
                 raise ValueError(f"IPT runs on {P}x{P} tiles only, got tile={tile}")
+            margin = P // 4 if margin is None else margin
+            if stride is None:  # the published P/4, or less where a wider margin leaves less
+                stride = tuple(max(1, min(P // 4, P - 2 * mg)) for mg in _pair(margin))
             return tiled_forward(
-                model.forward_patch, x, tile=P, margin=P // 4 if margin is None else margin,
-                stride=P // 4 if stride is None else stride, scale=model.scale,
+                model.forward_patch, x, tile=P, margin=margin, stride=stride, scale=model.scale,
                 batch_size=batch_size or model.tile_batch_size,
                 progress=model.progress if progress is None else progress, desc="IPT tiles")
         if isinstance(model, EDT) and tile is None:
@@ -177,6 +180,8 @@ def restore(
         if isinstance(model, EDT):
             m = model.pad_multiple
             th, tw = round_up(th, m), round_up(tw, m)
+            if x.shape[-2] <= th and x.shape[-1] <= tw:
+                return model(x)  # one tile: the whole image, padded as little as it needs
         if margin is None:
             margin = (max(16, th // 8), max(16, tw // 8))
             margin = (min(margin[0], (th - 1) // 2), min(margin[1], (tw - 1) // 2))

@@ -137,6 +137,10 @@ def test_restore_ipt_chops_like_forward():
         torch.testing.assert_close(restore(m, p), m.forward_patch(p))
     with pytest.raises(ValueError, match="tiles only"):
         restore(m, x, tile=16)
+    # a wider margin alone: the stride shrinks to what the margin leaves (12 - 2*5 = 2)
+    with torch.no_grad():
+        torch.testing.assert_close(restore(m, x, margin=5),
+                                   tiled_forward(m.forward_patch, x, tile=12, margin=5, stride=2, scale=2))
 
 
 def test_restore_edt_whole_and_tiled():
@@ -151,6 +155,10 @@ def test_restore_edt_whole_and_tiled():
     tiled = restore(m, x, tile=12, margin=4)
     assert tiled.shape == whole.shape == (1, 3, 42, 36)
     assert torch.isfinite(tiled).all()
+    # an image within one tile: exactly the whole-image result (not padded to the tile)
+    for h, w in ((3, 3), (6, 7), (12, 5)):
+        small = torch.rand(1, 3, h, w)
+        torch.testing.assert_close(restore(m, small, tile=12, margin=2), restore(m, small), rtol=0, atol=0)
     with pytest.raises(ValueError, match="tile= is required"):
         restore(Pointwise(), x)
     pw = Pointwise()
