@@ -198,6 +198,8 @@ def run_eval(args: argparse.Namespace) -> List[Dict[str, Any]]:
     dataset = EvalImages(records, task, seed=args.seed)
     rows = evaluate_dataset(model, dataset, device, max_images=args.max_images, tile=args.tile,
                             save_dir=args.save_images, progress=not args.quiet and sys.stderr.isatty())
+    if not rows:
+        raise UsageError("no images to evaluate")
     csv_path = args.csv or (os.path.join(args.run, f"eval_{task.name}.csv") if args.run
                             else f"eval_{model.__class__.__name__.lower()}_{task.name}.csv")
     folder = os.path.dirname(os.path.abspath(csv_path))
@@ -275,6 +277,7 @@ def restore_main(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     from .train import HelpFormatter as fmt
+    from .train import _positive_int
 
     p = subparsers.add_parser("eval", help="PSNR/SSIM of a fine-tuned model on a folder of images",
                               description="\n\n".join(__doc__.split("\n\n")[:3]), formatter_class=fmt)
@@ -285,7 +288,7 @@ def register(subparsers) -> None:
     p.add_argument("--lq", metavar="DIR", help="LQ images paired by name with the GT images in --data")
     p.add_argument("--csv", metavar="PATH", help="per-image scores (default: RUN/eval_<task>.csv or ./eval_*.csv)")
     p.add_argument("--save-images", metavar="DIR", help="also write the restored images here")
-    p.add_argument("--max-images", type=int, help="evaluate at most this many images")
+    p.add_argument("--max-images", type=_positive_int, help="evaluate at most this many images")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic degradations")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=eval_main)

@@ -88,6 +88,18 @@ def test_eval_with_explicit_model_flags_on_paired_folders(tiny_run):
         assert a["name"] == b["name"] and a["psnr"] == b["psnr"] and a["ssim"] == b["ssim"]
 
 
+def test_eval_refuses_other_tasks_adapters_and_no_images(tiny_run, capsys):
+    run = tiny_run / "run"
+    # the run's sr_2 adapters into an EDT built for sr_3: same keys and shapes, refused
+    rc = cli.main(["eval", "--backbone", "edt", "--task", "sr_3", "--adapters", str(run / "adapters.safetensors"),
+                   "--backbone-config", TINY_EDT, "--adapter-config", TINY_ADAPTER, "--data", str(tiny_run / "gt"),
+                   "--quiet"])
+    assert rc == 2 and "built for task 'sr_2'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--run", str(run), "--max-images", "0"])
+    assert "--max-images" in capsys.readouterr().err
+
+
 def test_restore_file_and_folder(tiny_run, tmp_path):
     root = tiny_run
     lq = bicubic_downscale(np.asarray(Image.open(root / "gt" / "im0.png")), 2)
