@@ -212,6 +212,21 @@ def test_edt_half_precision_at_other_sizes(dtype):
     assert _cached_mask(16, 12, b.window_size, b.shift_size, 0, b.attn_mask_h.device, dtype).dtype == dtype
 
 
+def test_edt_mask_cache_is_bounded(monkeypatch):
+    from adaptir_kernels.backbones import edt
+
+    monkeypatch.setattr(edt, "_MASK_CACHE", type(edt._MASK_CACHE)())
+    one = edt._cached_mask(8, 8, (2, 4), (1, 2), 0, "cpu")
+    monkeypatch.setattr(edt, "_MASK_CACHE_BYTES", 3 * one.numel() * one.element_size())
+    edt._cached_mask(8, 8, (2, 4), (1, 2), 1, "cpu")
+    assert edt._cached_mask(8, 8, (2, 4), (1, 2), 0, "cpu") is one  # a hit, now the newest
+    edt._cached_mask(8, 8, (2, 4), (1, 2), 0, "cpu", torch.float64)  # over the budget: the oldest goes
+    keys = list(edt._MASK_CACHE)
+    assert len(keys) == 2 and keys[0][4] == 0 and keys[0][6] == torch.float32 and keys[1][6] == torch.float64
+    big = edt._cached_mask(16, 16, (2, 4), (1, 2), 0, "cpu")  # larger than the budget alone: kept alone
+    assert list(edt._MASK_CACHE.values()) == [big]
+
+
 def _cpu_half_matmul() -> bool:
     try:
         torch.ones(2, 2, dtype=torch.float16) @ torch.ones(2, 2, dtype=torch.float16)

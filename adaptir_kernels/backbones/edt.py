@@ -177,6 +177,7 @@ def shifted_window_mask(H: int, W: int, window_size: Sequence[int], shift_size: 
 
 
 _MASK_CACHE: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_MASK_CACHE_BYTES = 1 << 30
 
 
 def _cached_mask(H, W, window_size, shift_size, index, device, dtype=torch.float32) -> torch.Tensor:
@@ -187,8 +188,13 @@ def _cached_mask(H, W, window_size, shift_size, index, device, dtype=torch.float
         # 0 and -100 are exact in float16 and bfloat16.
         m = shifted_window_mask(H, W, window_size, shift_size, index, device=device).to(dtype)
         _MASK_CACHE[key] = m
-        while len(_MASK_CACHE) > 32:
+        # At most 32 masks and _MASK_CACHE_BYTES in all (one mask of a 1024 x 1024 input
+        # is about 600 MB in float32), dropping the oldest; the newest always stays.
+        while len(_MASK_CACHE) > 1 and (len(_MASK_CACHE) > 32 or sum(
+                t.numel() * t.element_size() for t in _MASK_CACHE.values()) > _MASK_CACHE_BYTES):
             _MASK_CACHE.popitem(last=False)
+    else:
+        _MASK_CACHE.move_to_end(key)
     return m
 
 
