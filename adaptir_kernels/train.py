@@ -261,6 +261,17 @@ def init_distributed(device_arg: Optional[str]) -> Dist:
     return Dist(rank, world, local_rank, device, here)
 
 
+def _mean_over_ranks(value: torch.Tensor, d: Dist) -> float:
+    """The mean of a scalar over the ranks (the rank's own value in a single process)."""
+    if d.world_size > 1:
+        import torch.distributed as dist
+
+        value = value.float().clone()
+        dist.all_reduce(value)
+        value /= d.world_size
+    return float(value)
+
+
 def _barrier(d: Dist) -> None:
     if d.world_size > 1:
         import torch.distributed as dist
@@ -627,6 +638,12 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
 
     if d.main:
         os.makedirs(out, exist_ok=True)
+        # Temporary files of writes that a kill interrupted (the files they were to replace
+        # are intact).
+        for n in os.listdir(out):
+            if re.fullmatch(r"(checkpoint(_\d+)?\.pt|adapters\.safetensors|run\.json|log\.csv|backbone\.pt)"
+                            r"\.\w+\.tmp", n):
+                os.remove(os.path.join(out, n))
         if not resume_from:
             # A new run (--overwrite): nothing of the old one may be resumed or taken for its result.
             stale = [os.path.join(out, n) for n in os.listdir(out)
@@ -697,6 +714,8 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
                 "scaler": scaler.state_dict() if use_scaler else None,
                 "rng": rngs,
                 "world_size": d.world_size,
+                # the losses since the last log row, so that the resumed run logs the same rows
+                "log_window": [window_loss, window_steps],
             }, ckpt_path)
             if args.keep_checkpoints:
                 with atomic_path(os.path.join(out, f"checkpoint_{step:08d}.pt")) as tmp:
@@ -719,6 +738,9 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
     last_loss = float("nan")
     smooth = None  # exponential moving average of the loss, for the progress display
     window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
+    timed_steps = 0  # steps since window_t0 (a resumed window's earlier steps ran before it)
+    if resume_from and "log_window" in ckpt:
+        window_loss, window_steps = float(ckpt["log_window"][0]), int(ckpt["log_window"][1])
     img_s = 0.0
     try:
         while step < total:
@@ -734,14 +756,15 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
             scaler.update()
             scheduler.step()
             step += 1
-            last_loss = float(loss.detach())
-            if not math.isfinite(last_loss):
+            last_loss = _mean_over_ranks(loss.detach(), d)
+            if not math.isfinite(last_loss):  # on every rank at once: none waits for a stopped one
                 raise TrainingDiverged(f"the loss is {last_loss} at step {step}; lower --lr or drop --amp")
             smooth = last_loss if smooth is None else 0.9 * smooth + 0.1 * last_loss
             window_loss += last_loss
             window_steps += 1
+            timed_steps += 1
             now = time.perf_counter()
-            img_s = window_steps * args.batch_size * d.world_size / max(now - window_t0, 1e-9)
+            img_s = timed_steps * args.batch_size * d.world_size / max(now - window_t0, 1e-9)
             lr = optimizer.param_groups[0]["lr"]
             progress.update(step, smooth, lr, img_s)
             if step % args.log_every == 0 or step == total:
@@ -749,7 +772,7 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
                     _append_log(log_path, {"step": step, "epoch": f"{step / steps_per_epoch:.3f}",
                                            "loss": f"{window_loss / window_steps:.6f}", "lr": f"{lr:.3e}",
                                            "images_per_s": f"{img_s:.2f}"})
-                window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
+                window_loss, window_steps, window_t0, timed_steps = 0.0, 0, time.perf_counter(), 0
             t_pause = time.perf_counter()
             if args.val_every and step % args.val_every == 0 and step != total:
                 run_validation(step, f"step {step}")

@@ -82,7 +82,9 @@ def test_two_step_finetune_writes_checkpoint_adapters_and_log(tmp_path, data_dir
 
 def test_stop_and_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, data_dir):
     data, _ = data_dir
-    common = ["--iters", "6", "--ckpt-every", "2"]  # milestones at 3, 5, 5, 6: the schedule matters
+    # milestones at 3, 5, 5, 6: the schedule matters; a log row at 6 averages steps 4-6,
+    # across the resumption
+    common = ["--iters", "6", "--ckpt-every", "2", "--log-every", "3"]
     full = finetune(tiny_args(tmp_path / "full", data, extra=common))
     # "killed" after step 5: the last checkpoint is step 4, step 5's work is lost
     part = finetune(tiny_args(tmp_path / "part", data, extra=common + ["--stop-after", "5"]))
@@ -107,6 +109,14 @@ def test_stop_and_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, 
     # the log has no rows from the lost step 5 twice
     steps = [line.split(",")[0] for line in (tmp_path / "part" / "log.csv").read_text().splitlines()[1:]]
     assert steps == sorted(steps, key=int) and len(steps) == len(set(steps))
+    # and the same training rows as the uninterrupted run (throughput aside)
+    def losses(run):
+        import csv
+
+        with open(tmp_path / run / "log.csv", newline="") as f:
+            return [(r["step"], r["loss"], r["lr"]) for r in csv.DictReader(f) if r["loss"]]
+
+    assert losses("part") == losses("full") and len(losses("full")) == 2
 
 
 def test_resume_refuses_different_settings(tmp_path, data_dir):
@@ -250,9 +260,11 @@ def test_resume_keeps_the_run_length_and_backend(tmp_path, data_dir):
     assert s["total_steps"] == 4
     for i in (3, 4):  # the folder gains images: 3 steps per epoch now
         (grow / f"img{i}.png").write_bytes((grow / "img0.png").read_bytes())
+    (out / "checkpoint.pt.x1y2z3_4.tmp").write_bytes(b"a save killed midway")
     resumed = finetune(build_parser(argparse.ArgumentParser()).parse_args(
         ["--out", str(out), "--resume", "--quiet", "--workers", "0"]))
     assert resumed["total_steps"] == 4 and resumed["step"] == 4
+    assert not (out / "checkpoint.pt.x1y2z3_4.tmp").exists()
     assert load_checkpoint(str(out / "checkpoint.pt"))["scheduler"]["milestones"] == {2: 1, 3: 1, 4: 2}
     from adaptir_kernels.adapters import adapter_modules
     from adaptir_kernels.reference import AdaptIR as ReferenceAdaptIR
