@@ -545,6 +545,8 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
         raise UsageError("--lq pairs LQ images with the images of --data: give --data too")
     if args.val_lq and not args.val_data:
         raise UsageError("--val-lq pairs LQ images with the images of --val-data: give --val-data too")
+    if args.weights and not os.path.isfile(args.weights):
+        raise UsageError(f"weights file not found: {args.weights}")
     if args.weights:
         if args.backbone is None or args.task is None:
             raise UsageError("--backbone and --task are required with --weights")

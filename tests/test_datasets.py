@@ -113,9 +113,35 @@ def test_train_patches_shapes_determinism_and_augmentation():
         want = D.bicubic_downscale(g, 2)[2:-2, 2:-2]
         got = (lq.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)[2:-2, 2:-2]
         assert np.abs(got.astype(int) - want).max() <= 1
-    small = TrainPatches([Record("tiny", _photo(20, 20, 5))], "sr_2", patch_size=12)
-    with pytest.raises(DataError, match="tiny gives a 10x10 LQ image, smaller than the 12-pixel patch"):
-        small[0]
+    # too small for a patch: found when the dataset is built, not when a worker draws it
+    with pytest.raises(DataError, match=r"1 image\(s\) give an LQ image smaller than the 12-pixel patch: tiny \(10x10"):
+        TrainPatches(recs + [Record("tiny", _photo(20, 20, 5))], "sr_2", patch_size=12)
+
+
+def test_small_images_are_found_from_the_file_headers(tmp_path):
+    for i, (h, w) in enumerate([(40, 40), (40, 22), (22, 50)]):
+        _write(tmp_path / "gt", f"{i}.png", _photo(h, w, i))
+    with pytest.raises(DataError, match=r"2 image\(s\) .* 12-pixel patch: .*1.png \(20x11 LQ\), .*2.png \(11x25 LQ\)"):
+        TrainPatches(resolve_records(str(tmp_path / "gt")), "sr_2", patch_size=12)
+    lq = tmp_path / "lq"
+    _write(lq, "0.png", _photo(20, 20, 0))
+    _write(lq, "1.png", _photo(20, 11, 1))
+    _write(lq, "2.png", _photo(11, 25, 2))
+    with pytest.raises(DataError, match=r"2 image\(s\)"):  # paired: the LQ files' own sizes
+        TrainPatches(resolve_records(str(tmp_path / "gt"), lq=str(lq)), "sr_2", patch_size=12)
+    assert len(TrainPatches(resolve_records(str(tmp_path / "gt")), "sr_2", patch_size=11)) == 3
+
+
+def test_list_file_names_with_spaces_and_hashes(tmp_path):
+    gt, lq = _photo(32, 40, 0), D.bicubic_downscale(_photo(32, 40, 0), 2)
+    _write(tmp_path, "my photo.png", gt)
+    _write(tmp_path, "shot#2.png", gt)
+    _write(tmp_path, "low res.png", lq)
+    (tmp_path / "gt.txt").write_text("# photos\nmy photo.png\nshot#2.png\n")
+    assert [r.name for r in resolve_records(str(tmp_path / "gt.txt"))] == ["my photo", "shot#2"]
+    (tmp_path / "pairs.txt").write_text("low res.png, my photo.png  # commas separate names with spaces\n")
+    rec = resolve_records(str(tmp_path / "pairs.txt"))[0]
+    assert rec.lq.endswith("low res.png") and rec.gt.endswith("my photo.png")
 
 
 def test_eval_images_are_seeded_by_name():

@@ -120,6 +120,20 @@ def read_image(path: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _image_size(img: Image) -> Tuple[int, int]:
+    """(height, width) of an in-memory image, or of a file from its header."""
+    if isinstance(img, np.ndarray):
+        return int(img.shape[0]), int(img.shape[1])
+    try:
+        from PIL import Image as PILImage
+
+        with PILImage.open(img) as im:
+            w, h = im.size
+        return h, w
+    except Exception:  # unreadable here: read_image says why when the image is drawn
+        return 1 << 30, 1 << 30
+
+
 def _load(img: Image, name: str) -> np.ndarray:
     if isinstance(img, np.ndarray):
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
@@ -174,7 +188,9 @@ def records_from_pairs(lq_dir: str, gt_dir: str) -> List[Record]:
 
 
 def records_from_list(list_file: str) -> List[Record]:
-    """Read `GT` or `LQ GT` lines (whitespace or comma separated)."""
+    """Read `GT` or `LQ GT` lines (whitespace or comma separated; `#` starts a comment).
+    A line that names one existing file as a whole is that file, spaces and `#` in its
+    name included; with a comma on the line, only commas separate (names may hold spaces)."""
     if not os.path.isfile(list_file):
         raise DataError(f"list file not found: {list_file}")
     base = os.path.dirname(os.path.abspath(list_file))
@@ -185,10 +201,16 @@ def records_from_list(list_file: str) -> List[Record]:
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read list file {list_file}: {err}") from err
     for lineno, line in enumerate(lines, 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = [p for p in re.split(r"[,\s]+", line) if p]
+        whole = line.strip()
+        if whole and os.path.isfile(whole if os.path.isabs(whole) else os.path.join(base, whole)):
+            line = whole
+            parts = [whole]
+        else:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = [p.strip() for p in line.split(",")] if "," in line else line.split()
+            parts = [p for p in parts if p]
         if len(parts) not in (1, 2):
             raise DataError(f"{list_file}:{lineno}: expected 'GT' or 'LQ GT', got {line!r}")
         paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in parts]
@@ -354,6 +376,24 @@ class TrainPatches(Dataset):
                 f"task {self.task.name!r} has no synthetic degradation: give paired data "
                 f"(--lq FOLDER, a folder with lq/ and gt/ subfolders, or an 'LQ GT' list file)"
             )
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Every image gives an LQ image of at least one patch: found now, from the files'
+        headers, rather than when a data worker first draws the image."""
+        s, p = self.task.scale, self.patch_size
+        small = []
+        for rec in self.images.records:
+            src = rec.lq if self.paired else rec.gt
+            h, w = _image_size(src)
+            if not self.paired:
+                h, w = h // s, w // s
+            if h < p or w < p:
+                small.append(f"{src if isinstance(src, str) else rec.name} ({h}x{w} LQ)")
+        if small:
+            shown = ", ".join(small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
+            raise DataError(f"{len(small)} image(s) give an LQ image smaller than the {p}-pixel patch: {shown}; "
+                            f"use a smaller --patch-size or remove them")
 
     def __len__(self) -> int:
         return len(self.images.records)
