@@ -21,7 +21,8 @@ state, the torch / numpy / Python RNG states of every rank, and the data stream'
 position, so the resumed run continues exactly as if it had never stopped. Options not
 given again come from the checkpoint (the backend among them); options given again must
 agree with it, except the data folders, workers, backend and the checkpoint, validation
-and log intervals. The run's length is the one it started with. --overwrite starts over
+and log intervals (and --weights naming a moved copy of the same file). The run's length
+is the one it started with. --overwrite starts over
 and removes the old run's checkpoints and adapters.
 """
 
@@ -342,6 +343,17 @@ def _config_for_resume(args: argparse.Namespace) -> Dict[str, Any]:
             if k not in _NOT_STORED and not k.startswith("_") and not callable(v)}
 
 
+def _file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes (the pre-trained weights: a second or so for IPT's 450 MB)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _default_out(args: argparse.Namespace) -> Optional[str]:
     """runs/<backbone>_<task>: the folder of a run started without --out, where the
     command line says which (the built-in demo: edt, sr_2)."""
@@ -538,7 +550,12 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or not isinstance(
                 ckpt.get("config"), dict):
             raise UsageError(f"{resume_from} is not an `adaptir finetune` checkpoint")
-        _merge_resumed_config(args, ckpt["config"], resume_from)
+        stored = dict(ckpt["config"])
+        if (args.weights and stored.get("weights") and args.weights != stored["weights"]
+                and ckpt.get("weights_sha256") and os.path.isfile(args.weights)
+                and _file_digest(args.weights) == ckpt["weights_sha256"]):
+            stored["weights"] = args.weights  # the same file, moved (another machine, another folder)
+        _merge_resumed_config(args, stored, resume_from)
         if args.out is None:
             args.out = os.path.dirname(os.path.abspath(resume_from))
     if args.lq and not args.data:
@@ -546,7 +563,9 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
     if args.val_lq and not args.val_data:
         raise UsageError("--val-lq pairs LQ images with the images of --val-data: give --val-data too")
     if args.weights and not os.path.isfile(args.weights):
-        raise UsageError(f"weights file not found: {args.weights}")
+        moved = " (moved? give --weights NEW_PATH: the same file is accepted)" if resume_from else ""
+        raise UsageError(f"weights file not found: {args.weights}{moved}")
+    weights_digest = _file_digest(args.weights) if args.weights else None
     if args.weights:
         if args.backbone is None or args.task is None:
             raise UsageError("--backbone and --task are required with --weights")
@@ -716,6 +735,7 @@ def _finetune(args: argparse.Namespace, d: Dist) -> Dict[str, Any]:
                 "scaler": scaler.state_dict() if use_scaler else None,
                 "rng": rngs,
                 "world_size": d.world_size,
+                "weights_sha256": weights_digest,  # lets a resumed run find its backbone file moved
                 # the losses since the last log row, so that the resumed run logs the same rows
                 "log_window": [window_loss, window_steps],
             }, ckpt_path)

@@ -222,6 +222,17 @@ def test_resume_the_same_command_with_relative_paths(tmp_path, data_dir, monkeyp
     # an option given explicitly counts even at its default value: --seed 0 is not the run's 3
     assert _cli(_tiny_argv(["--out", "second", "--resume", "--seed", "0"])) == 2
     assert "--seed: 3 -> 0" in capsys.readouterr().err
+    # the backbone file moved (another machine): the same bytes under another path are accepted
+    os.makedirs("elsewhere")
+    os.replace("first/backbone.pt", "elsewhere/bb.pt")
+    assert _cli(_tiny_argv(["--out", "second", "--resume"])) == 2
+    assert "moved? give --weights NEW_PATH" in capsys.readouterr().err
+    assert _cli(_tiny_argv(["--out", "second", "--resume", "--weights", "elsewhere/bb.pt"])) == 0
+    sd = torch.load("elsewhere/bb.pt")
+    sd[next(iter(sd))] = sd[next(iter(sd))] + 1
+    torch.save(sd, "elsewhere/other.pt")
+    assert _cli(_tiny_argv(["--out", "second", "--resume", "--weights", "elsewhere/other.pt"])) == 2
+    assert "--weights:" in capsys.readouterr().err
 
 
 def test_resume_without_out_finds_the_default_folder(tmp_path, data_dir, monkeypatch):
