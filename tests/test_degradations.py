@@ -51,15 +51,20 @@ def slow_resize_dim(x: np.ndarray, axis: int, n_out: int, scale: float) -> np.nd
     return np.moveaxis(out, 0, axis)
 
 
-def slow_imresize(x: np.ndarray, factor: int, round_each_pass: bool = False) -> np.ndarray:
+def matlab_uint8(y: np.ndarray) -> np.ndarray:
+    """MATLAB's conversion to uint8: saturate, round halves away from zero."""
+    return np.floor(np.clip(y, 0, 255) + 0.5)
+
+
+def slow_imresize(x: np.ndarray, factor: int, round_each_pass: bool = False, rounding=matlab_uint8) -> np.ndarray:
     h, w = x.shape[:2]
     oh, ow = math.ceil(h / factor), math.ceil(w / factor)
     y = slow_resize_dim(x, 0, oh, 1.0 / factor)
     if round_each_pass:
-        y = np.clip(np.round(y), 0, 255)
+        y = rounding(y)
     y = slow_resize_dim(y, 1, ow, 1.0 / factor)
     if round_each_pass:
-        y = np.clip(np.round(y), 0, 255)
+        y = rounding(y)
     return y
 
 
@@ -82,6 +87,14 @@ def test_bicubic_uint8_rounds_after_each_pass(factor):
     got = D.bicubic_downscale(img, factor)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, slow_imresize(img, factor, round_each_pass=True).astype(np.uint8))
+    # a gradient: at x2 and x4 most values fall exactly on a half, which MATLAB rounds up
+    yy, xx = np.mgrid[0:48, 0:36]
+    grad = np.stack([xx * 7 % 256, yy * 5 % 256, (xx + yy) * 3 % 256], -1).astype(np.uint8)
+    got = D.bicubic_downscale(grad, factor)
+    np.testing.assert_array_equal(got, slow_imresize(grad, factor, round_each_pass=True).astype(np.uint8))
+    if factor != 3:
+        to_even = slow_imresize(grad, factor, round_each_pass=True, rounding=lambda y: np.clip(np.round(y), 0, 255))
+        assert (got != to_even).any()  # the test tells the two roundings apart
 
 
 def test_bicubic_upscale_matches_definition():
@@ -140,8 +153,15 @@ def test_hybrids_compose_bicubic_then_noise_or_jpeg():
     lr = D.bicubic_downscale(img, 4)
     np.testing.assert_array_equal(
         D.degrade(img, "lr4_noise30", D.rng_for(5)), D.add_gaussian_noise(lr, 30, D.rng_for(5)))
-    np.testing.assert_array_equal(D.degrade(img, "lr4_jpeg30"), D.jpeg_compress(lr, 30))
-    assert D.degrade(img, "lr4_jpeg30").shape == (16, 12, 3)
+    # AdaptIR's JPEG stage: OpenCV's encoder given an RGB array, i.e. the JPEG of the B, G, R image
+    lq = D.degrade(img, "lr4_jpeg30")
+    np.testing.assert_array_equal(lq, D.jpeg_compress(np.ascontiguousarray(lr[..., ::-1]), 30)[..., ::-1])
+    np.testing.assert_array_equal(lq, D.jpeg_compress(lr, 30, reverse_channels=True))
+    np.testing.assert_array_equal(lq, D.lr4_jpeg30(img))
+    assert (lq != D.jpeg_compress(lr, 30)).any()
+    assert lq.shape == (16, 12, 3)
+    # jpeg_<q> tasks compress the RGB image itself
+    np.testing.assert_array_equal(D.degrade(lr, "jpeg_30"), D.jpeg_compress(lr, 30))
 
 
 def test_task_table():
