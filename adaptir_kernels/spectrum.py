@@ -1,4 +1,5 @@
-"""The adapter's 2-D spectrum of a real plane, with its exactly real bins made exact.
+"""The adapter's 2-D spectrum of a real plane, with its exactly real bins made exact, and
+the inverse transform of a gated (not Hermitian) half spectrum as SPEC 4.1 defines it.
 
 For real u of size (H, W), the rfft2 bins (kh, kw) with kh in {0, H/2} and kw in {0, W/2}
 (the halves only for even sizes) equal their own conjugate partner, so they are real.
@@ -38,6 +39,31 @@ def rfft2(u: Tensor) -> Tensor:
     col_step = W // 2 if W % 2 == 0 and W > 1 else wf
     torch.view_as_real(U)[..., 0:H:row_step, 0:wf:col_step, 1].zero_()
     return U
+
+
+def irfft2(Y: Tensor, H: int, W: int) -> Tensor:
+    """irfft2(Y, s=(H, W), norm="ortho") over the last two dimensions, as SPEC 4.1 defines
+    it for any half spectrum, on every device. Differentiable.
+
+    A gated spectrum is not the rfft2 of a real plane: its columns kw = 0 and (W even)
+    kw = W/2 are not Hermitian along H. The CPU's FFT follows SPEC 4.1 there (an inverse
+    FFT along H, then a real inverse along W that reads the real parts of those columns);
+    cuFFT's two-dimensional complex-to-real transform assumes symmetry along H as well,
+    and its result on such input is undefined. Replacing those columns by their Hermitian
+    part along H, (Y[kh] + conj(Y[-kh])) / 2, leaves SPEC 4.1's result unchanged (it
+    depends on them only through the real part of their inverse along H) and gives every
+    library a valid half spectrum."""
+    wf = Y.shape[-1]
+
+    def hermitian(col: Tensor) -> Tensor:  # (..., H, 1): (z[kh] + conj(z[-kh mod H])) / 2
+        return (col + torch.roll(col.flip(-2), 1, dims=-2).conj_physical()) / 2
+
+    parts = [hermitian(Y[..., 0:1])]
+    if W % 2 == 0 and wf > 1:
+        parts += [Y[..., 1:wf - 1], hermitian(Y[..., wf - 1:wf])]
+    else:
+        parts.append(Y[..., 1:])
+    return torch.fft.irfft2(torch.cat(parts, dim=-1), s=(H, W), norm="ortho")
 
 
 def rfft2_real(u: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ..spectrum import rfft2_real
+from ..spectrum import irfft2, rfft2_real
 from ._registry import BackendTable, zeros_if_none
 
 
@@ -43,7 +43,7 @@ def _spectrum(u: Tensor) -> Tensor:
 
 
 def _inverse(G: Tensor, H: int, W: int) -> Tensor:
-    return torch.fft.irfft2(torch.view_as_complex(G), s=(H, W), norm="ortho")
+    return irfft2(torch.view_as_complex(G), H, W)
 
 
 def sign_shape(u_shape) -> Tuple[int, ...]:
@@ -113,7 +113,7 @@ def backward_torch(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
     c = half_spectrum_weights(W, u.device, u.dtype)
     grad_G = torch.view_as_real(torch.fft.rfft2(grad_y, norm="ortho") * c).contiguous()
     grad_U, gaw, gab, gpw, gpb = spectral_gate_backward_torch(grad_G, U, amp_w, amp_b, pha_w, pha_b)
-    grad_u = torch.fft.irfft2(torch.view_as_complex(grad_U.contiguous()) / c, s=(H, W), norm="ortho")
+    grad_u = irfft2(torch.view_as_complex(grad_U.contiguous()) / c, H, W)
     return grad_u, gaw, gab, gpw, gpb
 
 
