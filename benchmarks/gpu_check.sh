@@ -53,7 +53,7 @@ cat "$OUT/env.txt"
 # 1. Tests on CUDA: the Triton-specific files and every per-operator / module parity test.
 TESTS=""
 for f in tests/test_triton_ops.py tests/test_triton_compile.py tests/test_project_in.py tests/test_local_branch.py \
-         tests/test_global_branch.py tests/test_combine_out.py tests/test_router.py tests/test_spectral_gate.py \
+         tests/test_global_branch.py tests/test_combine_out.py tests/test_router.py tests/test_spectral_gate.py tests/test_spectrum.py \
          tests/test_module.py; do
     [ -f "$f" ] && TESTS="$TESTS $f"
 done

@@ -131,3 +131,13 @@ def test_inverse_of_a_gated_spectrum_has_the_plain_gradient():
     (a,) = torch.autograd.grad((irfft2(Y, 5, 6) * g).sum(), Y)
     (b,) = torch.autograd.grad((torch.fft.irfft2(Y, s=(5, 6), norm="ortho") * g).sum(), Y)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks cuFFT's complex-to-real transform")
+@pytest.mark.parametrize("H,W", [(48, 48), (16, 16), (5, 7), (256, 256), (8192, 2)])
+def test_inverse_of_a_gated_spectrum_on_cuda(H, W):
+    gen = torch.Generator().manual_seed(H + W)
+    wf = W // 2 + 1
+    Y = torch.complex(torch.randn(2, H, wf, generator=gen), torch.randn(2, H, wf, generator=gen))
+    want = irfft2(Y.double(), H, W)
+    torch.testing.assert_close(irfft2(Y.cuda(), H, W).cpu().double(), want, rtol=1e-4, atol=1e-4)
