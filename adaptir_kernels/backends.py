@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Optional
 
 import torch
 
@@ -67,8 +68,15 @@ def available_backends(device: torch.device | str) -> list[str]:
     return out
 
 
-def resolve_backend(requested: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
-    """Turn a requested backend (possibly "auto") into a concrete one, or raise a clear error."""
+# The widest adapter hidden width the Triton kernels take (adaptir_kernels.triton._common).
+TRITON_MAX_HIDDEN = 64
+
+
+def resolve_backend(requested: str, device: torch.device | str, dtype: torch.dtype = torch.float32,
+                    hidden: Optional[int] = None) -> str:
+    """Turn a requested backend (possibly "auto") into a concrete one, or raise a clear error.
+    hidden: the adapter's hidden width, where known ("auto" on CUDA takes the torch backend
+    for adapters wider than the Triton kernels take)."""
     if requested not in CHOICES:
         raise ValueError(f"unknown backend {requested!r}; expected one of {CHOICES}")
     device = torch.device(device)
@@ -79,7 +87,8 @@ def resolve_backend(requested: str, device: torch.device | str, dtype: torch.dty
                 raise ValueError(f"ADAPTIR_BACKEND={env!r} is not a backend; expected one of {BACKENDS}")
             requested = env
         else:
-            if device.type == "cuda" and triton_importable() and dtype != torch.float64:
+            if (device.type == "cuda" and triton_importable() and dtype != torch.float64
+                    and (hidden is None or hidden <= TRITON_MAX_HIDDEN)):
                 return "triton"
             if device.type == "cpu" and cpp_available():
                 return "cpp"
@@ -96,6 +105,9 @@ def resolve_backend(requested: str, device: torch.device | str, dtype: torch.dty
             raise RuntimeError(f"backend 'triton' does not support device {device}")
         if dtype == torch.float64:
             raise TypeError("backend 'triton' computes in float32; use backend 'cpp' or 'torch' for float64 inputs")
+        if hidden is not None and hidden > TRITON_MAX_HIDDEN:
+            raise ValueError(f"backend 'triton' takes a hidden width up to {TRITON_MAX_HIDDEN}, got {hidden}; "
+                             "use backend 'torch' (which 'auto' picks on CUDA for such adapters)")
     elif requested == "cpp":
         if device.type != "cpu":
             raise RuntimeError(f"backend 'cpp' runs on CPU tensors only, got a tensor on {device}")

@@ -231,7 +231,8 @@ class AdaptIR(ReferenceAdaptIR):
     def forward(self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         n, H, W = resolve_input(x, self.layout, self.d_model, hw)
         compiling = torch.compiler.is_compiling()
-        backend = resolve_backend(self.backend, x.device, x.dtype) if compiling else self._backend_for(x)
+        backend = (resolve_backend(self.backend, x.device, x.dtype, self.hidden) if compiling
+                   else self._backend_for(x))
         bn = self.BN
         # nn.BatchNorm2d's rule: batch statistics in training mode, and in eval mode where
         # there are no running statistics (track_running_stats turned off after
@@ -333,7 +334,7 @@ class AdaptIR(ReferenceAdaptIR):
                os.environ.get("ADAPTIR_BACKEND") if requested == "auto" else None)
         backend = self._backend_memo.get(key)
         if backend is None:
-            backend = self._backend_memo[key] = resolve_backend(requested, x.device, x.dtype)
+            backend = self._backend_memo[key] = resolve_backend(requested, x.device, x.dtype, self.hidden)
         return backend
 
     def _chain_op_params(self, params: list) -> tuple:

@@ -235,6 +235,14 @@ def test_submodule_hooks_take_the_reference_path(backend):
 
 def test_backend_selection(monkeypatch):
     assert resolve_backend("torch", "cpu") == "torch"
+    from adaptir_kernels.backends import TRITON_MAX_HIDDEN, triton_importable
+
+    # "auto" on CUDA: Triton up to its widest hidden width, the torch composite beyond
+    assert resolve_backend("auto", "cuda", hidden=TRITON_MAX_HIDDEN + 1) == "torch"
+    if triton_importable():
+        assert resolve_backend("auto", "cuda", hidden=TRITON_MAX_HIDDEN) == "triton"
+        with pytest.raises(ValueError, match="hidden width up to 64, got 73"):
+            resolve_backend("triton", "cuda", hidden=73)
     with pytest.raises(ValueError, match="unknown backend"):
         AdaptIR(180, backend="cuda")
     with pytest.raises(RuntimeError, match="CPU tensors only"):

@@ -15,10 +15,12 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
+from ..backends import TRITON_MAX_HIDDEN
 
 # Padded hidden widths a kernel can be built for (tl.dot needs every dimension >= 16).
 HIDDEN_BLOCKS = (16, 32, 64)
 MAX_HIDDEN = HIDDEN_BLOCKS[-1]
+assert MAX_HIDDEN == TRITON_MAX_HIDDEN
 
 # x / out / grad dtypes the C-wide kernels are compiled for.
 IO_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -99,7 +101,7 @@ def hidden_block(h: int) -> int:
             return bh
     raise ValueError(
         f"the Triton kernels support a hidden width up to {MAX_HIDDEN}, got {h}; "
-        "use backend 'torch' or 'cpp' for wider adapters")
+        "use backend 'torch' (on the CPU also 'cpp') for wider adapters")
 
 
 def f32(t: torch.Tensor, name: str) -> torch.Tensor:
