@@ -157,6 +157,48 @@ def test_hidden_width_limit():
     assert [cm.hidden_block(h) for h in (1, 16, 17, 32, 33, 64)] == [16, 16, 32, 32, 64, 64]
 
 
+def test_launchers_refuse_geometry_that_does_not_fit():
+    """The kernels trust the sizes they are given: every launcher checks shapes (and
+    devices) first, so a mismatch raises instead of reading past a buffer."""
+    from adaptir_kernels.triton import combine_out, global_branch, local_branch, project_in, router
+
+    dev = DEVICE
+    N, h, H, W, C, r, p, q = 1, 4, 3, 3, 8, 2, 2, 1
+    t = lambda *shape: torch.randn(*shape, device=dev)  # noqa: E731
+    u = t(N, h, H, W)
+    hv = [t(h) for _ in range(4)]
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 3, 3, C\) in layout nhwc, got \(1, 2, 2, 8\)"):
+        project_in.forward(t(1, 2, 2, C), t(h, C), *hv, t(h), False, 1e-5, "nhwc", H, W)
+    with pytest.raises(ValueError, match=r"x must have shape \(9, N, C\) in layout lnc"):
+        project_in.forward(t(8, 1, C), t(h, C), *hv, t(h), False, 1e-5, "lnc", H, W)
+    with pytest.raises(ValueError, match=r"weight must have shape \(\*, 8\), got \(4, 6\)"):
+        project_in.forward(t(N, H, W, C), t(h, 6), *hv, t(h), False, 1e-5, "nhwc", H, W)
+    with pytest.raises(ValueError, match="running_var must have 4 element"):
+        project_in.forward(t(N, H, W, C), t(h, C), *hv, t(h + 1), True, 1e-5, "nhwc", H, W)
+    with pytest.raises(ValueError, match=r"grad_u must have shape \(1, 4, 3, 3\)"):
+        project_in.backward(t(N, h, H, W + 1), t(N, H, W, C), u, t(h, C), t(h), t(h), True, 1e-5, "nhwc", H, W)
+    with pytest.raises(ValueError, match=r"conv_B must have shape \(2, 9\)"):
+        local_branch.forward(u, t(h, r), t(r + 1, 9), t(h), t(h), t(1))
+    with pytest.raises(ValueError, match=r"grad_sg must have shape \(1, 3, 3\)"):
+        local_branch.backward(u, t(N, 1, H, W), u, t(h, r), t(r, 9), t(h), t(h), t(1))
+    with pytest.raises(ValueError, match="pha_b must have 4 element"):
+        global_branch.forward(u, t(h), t(h), t(h), t(h - 1))
+    with pytest.raises(ValueError, match=r"u must have shape \(N, h, H, W\)"):
+        global_branch.forward(t(h, H, W), *hv)
+    rp = [t(h), t(1), t(p, h), t(p), t(h, p), t(h), t(N, h), t(q, h), t(q), t(h, q), t(h)]
+    bad = list(rp)
+    bad[4] = t(h, p + 1)
+    with pytest.raises(ValueError, match=r"proj2_w must have shape \(4, 2\)"):
+        router.forward(u, *bad)
+    with pytest.raises(ValueError, match=r"grad_cg must have shape \(1, 4\)"):
+        router.backward(t(N, h), t(N, h + 1), u, *rp)
+    co = [u, u.abs(), t(N, H, W), t(N, h), t(N, h), t(C, h)]
+    with pytest.raises(ValueError, match=r"sg must have shape \(1, 3, 3\)"):
+        combine_out.forward(*co[:2], t(N, H * W), *co[3:], "nhwc", torch.float32)
+    with pytest.raises(ValueError, match=r"grad_out must have shape \(9, 1, 8\)"):
+        combine_out.backward(t(N, H, W, C), *co, "lnc")
+
+
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU with about 20 GB free")
 def test_offsets_past_int32():
     """Backbone tensors of more than 2**31 elements: the row and column offsets in the

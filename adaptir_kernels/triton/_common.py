@@ -118,6 +118,29 @@ def io(t: torch.Tensor, name: str) -> torch.Tensor:
     return t.contiguous()
 
 
+def check(op: str, ref: torch.Tensor, **named) -> None:
+    """Shapes and devices at a launcher's boundary: the kernels trust the geometry they are
+    given, so a mismatch would read or write out of bounds instead of raising. Each
+    keyword is name=(tensor, expected): a shape tuple (None entries: any size), or an int
+    for a number of elements. Every tensor must be on ref's device."""
+    for name, (t, want) in named.items():
+        if t.device != ref.device:
+            raise RuntimeError(f"{op}: {name} is on {t.device}, the operator's inputs on {ref.device}")
+        if isinstance(want, int):
+            if t.numel() != want:
+                raise ValueError(f"{op}: {name} must have {want} element(s), got shape {tuple(t.shape)}")
+        elif t.dim() != len(want) or any(w is not None and s != w for s, w in zip(t.shape, want)):
+            shown = "(" + ", ".join("*" if w is None else str(w) for w in want) + ")"
+            raise ValueError(f"{op}: {name} must have shape {shown}, got {tuple(t.shape)}")
+
+
+def hidden_input(op: str, u: torch.Tensor, name: str = "u"):
+    """(N, h, H, W) of a hidden-width tensor, which must be 4-D with at least one position."""
+    if u.dim() != 4 or u.shape[2] * u.shape[3] < 1:
+        raise ValueError(f"{op}: {name} must have shape (N, h, H, W) with H, W >= 1, got {tuple(u.shape)}")
+    return tuple(u.shape)
+
+
 def device_guard(t: torch.Tensor):
     """Run a launch on t's CUDA device (Triton launches on the current one)."""
     if t.device.type == "cuda" and t.device.index is not None and t.device.index != torch.cuda.current_device():

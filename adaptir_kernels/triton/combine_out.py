@@ -124,7 +124,10 @@ def _geometry(l, layout):
     raise ValueError(f"unknown layout {layout!r}")
 
 
-def _prep(l, g, sg, cg, cs, tail_w):
+def _prep(l, g, sg, cg, cs, tail_w, op="combine_out"):
+    N, h, H, W = cm.hidden_input(op, l, "l")
+    cm.check(op, l, g=(g, (N, h, H, W)), sg=(sg, (N, H, W)), cg=(cg, (N, h)), cs=(cs, (N, h)),
+             tail_w=(tail_w, (None, h)))
     return (cm.f32(l, "l"), cm.f32(g, "g"), cm.f32(sg, "sg"), cm.f32(cg, "cg"), cm.f32(cs, "cs"),
             cm.f32(tail_w, "tail_w"))
 
@@ -146,10 +149,12 @@ def forward(l, g, sg, cg, cs, tail_w, layout, out_dtype):
 
 
 def backward(grad_out, l, g, sg, cg, cs, tail_w, layout):
-    l, g, sg, cg, cs, tail_w = _prep(l, g, sg, cg, cs, tail_w)
+    l, g, sg, cg, cs, tail_w = _prep(l, g, sg, cg, cs, tail_w, "combine_out_backward")
     grad_out = cm.io(grad_out, "grad_out")
     N, h, H, W, HW, sn, sp = _geometry(l, layout)
     C = tail_w.shape[0]
+    cm.check("combine_out_backward", l,
+             grad_out=(grad_out, (N, H, W, C) if layout == "nhwc" else (HW, N, C)))
     BH = cm.hidden_block(h)
     cfg = cm.COMB_BWD_CONFIGS[BH]
     npb = cm.cdiv(HW, cfg["BM"])

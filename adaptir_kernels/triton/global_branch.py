@@ -89,7 +89,8 @@ def _params(amp_w, amp_b, pha_w, pha_b):
 def forward(u, amp_w, amp_b, pha_w, pha_b):
     u = cm.f32(u, "u")
     params = _params(amp_w, amp_b, pha_w, pha_b)
-    N, h, H, W = u.shape
+    N, h, H, W = cm.hidden_input("global_branch", u)
+    cm.check("global_branch", u, **{n: (t, h) for n, t in zip(("amp_w", "amp_b", "pha_w", "pha_b"), params)})
     y = _inverse(gate_forward(_spectrum(u), *params), H, W)
     g = cm.new(u.shape, u.device)
     gmean = cm.new((N, h), u.device)
@@ -105,7 +106,9 @@ def backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
     u = cm.f32(u, "u")
     grad_g, grad_gmean = cm.f32(grad_g, "grad_g"), cm.f32(grad_gmean, "grad_gmean")
     params = _params(amp_w, amp_b, pha_w, pha_b)
-    N, h, H, W = u.shape
+    N, h, H, W = cm.hidden_input("global_branch_backward", u)
+    cm.check("global_branch_backward", u, grad_g=(grad_g, (N, h, H, W)), grad_gmean=(grad_gmean, (N, h)),
+             **{n: (t, h) for n, t in zip(("amp_w", "amp_b", "pha_w", "pha_b"), params)})  # g, sign: check_signs
     U = _spectrum(u)
     grad_y = cm.new(u.shape, u.device)
     total = grad_y.numel()

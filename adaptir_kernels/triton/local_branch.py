@@ -153,7 +153,9 @@ def _prep(u, conv_A, conv_B, conv_bias, si_weight, si_bias):
     conv_A, conv_B = cm.f32(conv_A, "conv_A"), cm.f32(conv_B, "conv_B")
     conv_bias, si_weight = cm.f32(conv_bias, "conv_bias"), cm.f32(si_weight, "si_weight")
     si_bias = cm.f32(si_bias, "si_bias")
-    N, h, H, W = u.shape
+    N, h, H, W = cm.hidden_input("local_branch", u)
+    cm.check("local_branch", u, conv_A=(conv_A, (h, None)), conv_B=(conv_B, (conv_A.shape[1], 9)),
+             conv_bias=(conv_bias, h), si_weight=(si_weight, h), si_bias=(si_bias, 1))
     BH = cm.hidden_block(h)
     cfg = cm.PIXEL_CONFIGS[BH]
     grid = (cm.cdiv(H * W, cfg["BP"]), N)
@@ -180,6 +182,7 @@ def backward(grad_l, grad_sg, u, conv_A, conv_B, conv_bias, si_weight, si_bias):
         u, conv_A, conv_B, conv_bias, si_weight, si_bias)
     grad_l, grad_sg = cm.f32(grad_l, "grad_l"), cm.f32(grad_sg, "grad_sg")
     N, h, H, W = u.shape
+    cm.check("local_branch_backward", u, grad_l=(grad_l, (N, h, H, W)), grad_sg=(grad_sg, (N, H, W)))
     rank = conv_A.shape[1]
     dev = u.device
     tcfg = cm.PIXEL_BWD_CONFIGS[BH]

@@ -203,9 +203,14 @@ def _geometry(x, layout, H, W):
     C = x.shape[-1]
     HW = H * W
     if layout == "nhwc":
+        if x.dim() != 4 or tuple(x.shape[1:3]) != (H, W):
+            raise ValueError(f"project_in: x must have shape (N, {H}, {W}, C) in layout nhwc, got {tuple(x.shape)}")
         N = x.shape[0]
         sn, sp = HW, 1
     elif layout == "lnc":
+        if x.dim() != 3 or x.shape[0] != HW:
+            raise ValueError(f"project_in: x must have shape ({HW}, N, C) in layout lnc (H*W = {H}*{W}), "
+                             f"got {tuple(x.shape)}")
         N = x.shape[1]
         sn, sp = 1, N
     else:
@@ -220,6 +225,8 @@ def forward(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, trai
     running_mean, running_var = cm.f32(running_mean, "running_mean"), cm.f32(running_var, "running_var")
     N, C, HW, sn, sp = _geometry(x, layout, H, W)
     h = weight.shape[0]
+    cm.check("project_in", x, weight=(weight, (None, C)), bias=(bias, h), bn_weight=(bn_weight, h),
+             bn_bias=(bn_bias, h), running_mean=(running_mean, h), running_var=(running_var, h))
     BH = cm.hidden_block(h)
     R = N * HW
     dev = x.device
@@ -258,6 +265,8 @@ def backward(grad_u, x, xhat, weight, bn_weight, var, training, eps, layout, H, 
     weight, bn_weight, var = cm.f32(weight, "weight"), cm.f32(bn_weight, "bn_weight"), cm.f32(var, "var")
     N, C, HW, sn, sp = _geometry(x, layout, H, W)
     h = weight.shape[0]
+    cm.check("project_in_backward", x, weight=(weight, (None, C)), grad_u=(grad_u, (N, h, H, W)),
+             xhat=(xhat, (N, h, H, W)), bn_weight=(bn_weight, h), var=(var, h))
     BH = cm.hidden_block(h)
     R = N * HW
     dev = x.device

@@ -175,6 +175,16 @@ _NAMES = ("u", "compress_w", "compress_b", "proj0_w", "proj0_b", "proj2_w", "pro
           "gmean", "ci1_w", "ci1_b", "ci3_w", "ci3_b")
 
 
+def _check(op, u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean, ci1_w, ci1_b, ci3_w, ci3_b):
+    N, h, H, W = cm.hidden_input(op, u)
+    p = proj0_w.shape[0] if proj0_w.dim() else 0
+    q = ci1_w.shape[0] if ci1_w.dim() else 0
+    cm.check(op, u, compress_w=(compress_w, h), compress_b=(compress_b, 1), proj0_w=(proj0_w, (p, h)),
+             proj0_b=(proj0_b, (p,)), proj2_w=(proj2_w, (h, p)), proj2_b=(proj2_b, (h,)), gmean=(gmean, (N, h)),
+             ci1_w=(ci1_w, (q, h)), ci1_b=(ci1_b, (q,)), ci3_w=(ci3_w, (h, q)), ci3_b=(ci3_b, (h,)))
+    return N, h
+
+
 def _config(BH, BJ):
     """The launch-table entry, with 8 warps where the BJ x BH weight tiles are largest
     (4 warps spill registers there)."""
@@ -195,6 +205,7 @@ def _blocks(u, proj0_w, ci1_w):
 
 
 def forward(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean, ci1_w, ci1_b, ci3_w, ci3_b):
+    _check("router", u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean, ci1_w, ci1_b, ci3_w, ci3_b)
     args = [cm.f32(t, name) for t, name in zip(
         (u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean, ci1_w, ci1_b, ci3_w, ci3_b), _NAMES)]
     blocks = _blocks(u, proj0_w, ci1_w)
@@ -213,6 +224,9 @@ def forward(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean
 
 def backward(grad_cs, grad_cg, u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
              gmean, ci1_w, ci1_b, ci3_w, ci3_b):
+    N, h = _check("router_backward", u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean,
+                  ci1_w, ci1_b, ci3_w, ci3_b)
+    cm.check("router_backward", u, grad_cs=(grad_cs, (N, h)), grad_cg=(grad_cg, (N, h)))
     grads = [cm.f32(grad_cs, "grad_cs"), cm.f32(grad_cg, "grad_cg")]
     args = [cm.f32(t, name) for t, name in zip(
         (u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean, ci1_w, ci1_b, ci3_w, ci3_b), _NAMES)]
