@@ -48,7 +48,7 @@ def _tile(u_ptr, base, P, p0, c, cmask, cw, cb, BP: tl.constexpr):
     """Pixels p0.. of the sample: their indices, mask, u tile and scores compress_w . u_p + b."""
     p = p0 + tl.arange(0, BP)
     pm = p < P
-    ut = tl.load(u_ptr + base + c[:, None] * P + p[None, :], mask=cmask[:, None] & pm[None, :], other=0.0)
+    ut = tl.load(u_ptr + base + c[:, None].to(tl.int64) * P + p[None, :], mask=cmask[:, None] & pm[None, :], other=0.0)
     return p, pm, ut, tl.sum(ut * cw[:, None], axis=0) + cb
 
 
@@ -147,7 +147,7 @@ def _router_bwd_kernel(gcs_ptr, gcg_ptr, u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr
         a = tl.where(pm, tl.exp(sc - m) * inv_s, 0.0)
         gs = a * (tl.sum(ut * gpool[:, None], axis=0) - dot)
         gu = gpool[:, None] * a[None, :] + cw[:, None] * gs[None, :]
-        tl.store(gu_ptr + base + c[:, None] * P + p[None, :], gu, mask=cmask[:, None] & pm[None, :])
+        tl.store(gu_ptr + base + c[:, None].to(tl.int64) * P + p[None, :], gu, mask=cmask[:, None] & pm[None, :])
         gcw += tl.sum(ut * gs[None, :], axis=1)
         gcb += gs
     tl.store(part + c, gcw, mask=cmask)
