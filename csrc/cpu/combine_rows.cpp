@@ -8,15 +8,12 @@
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ADAPTIR_CR_AVX2_BUILD 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#pragma GCC optimize("fp-contract=fast")
+#ifdef ADAPTIR_AVX2_BUILDS
+ADAPTIR_AVX2_BEGIN
 namespace adaptir::cpu::combine_rows::avx2 {
 #include "combine_rows_impl.h"
 }  // namespace adaptir::cpu::combine_rows::avx2
-#pragma GCC pop_options
+ADAPTIR_AVX2_END
 #endif
 
 namespace adaptir::cpu::combine_rows::base {
@@ -27,7 +24,7 @@ namespace adaptir::cpu::combine_rows {
 
 void backward_channel(const float* gv, const float* l, const float* g, const float* sg, float s,
                       float c, int64_t n, float* gl, float* gg, double* acc, double* sums) {
-#ifdef ADAPTIR_CR_AVX2_BUILD
+#ifdef ADAPTIR_AVX2_BUILDS
   if (cpu_has_avx2_fma()) return avx2::backward_channel_impl(gv, l, g, sg, s, c, n, gl, gg, acc, sums);
 #endif
   base::backward_channel_impl(gv, l, g, sg, s, c, n, gl, gg, acc, sums);

@@ -11,15 +11,12 @@
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ADAPTIR_DW_AVX2_BUILD 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#pragma GCC optimize("fp-contract=fast")
+#ifdef ADAPTIR_AVX2_BUILDS
+ADAPTIR_AVX2_BEGIN
 namespace adaptir::cpu::dw::avx2 {
 #include "depthwise_tiles_impl.h"
 }  // namespace adaptir::cpu::dw::avx2
-#pragma GCC pop_options
+ADAPTIR_AVX2_END
 #endif
 
 namespace adaptir::cpu::dw::base {
@@ -28,7 +25,7 @@ namespace adaptir::cpu::dw::base {
 
 namespace adaptir::cpu::dw {
 
-#ifdef ADAPTIR_DW_AVX2_BUILD
+#ifdef ADAPTIR_AVX2_BUILDS
 #define DW_DISPATCH(fn, ...) (cpu_has_avx2_fma() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 #else
 #define DW_DISPATCH(fn, ...) base::fn(__VA_ARGS__)

@@ -6,9 +6,7 @@
 namespace adaptir::cpu {
 
 bool cpu_has_avx2_fma() {
-// The same condition under which the kernels compile an AVX2 build at all: elsewhere
-// only the baseline builds exist.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#ifdef ADAPTIR_AVX2_BUILDS
   static const bool yes = [] {
     const char* env = std::getenv("ADAPTIR_CPU_AVX2");
     if (env != nullptr && std::strcmp(env, "0") == 0) return false;

@@ -14,11 +14,8 @@
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ADAPTIR_HAVE_AVX2_BUILD 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#pragma GCC optimize("fp-contract=fast")
+#ifdef ADAPTIR_AVX2_BUILDS
+ADAPTIR_AVX2_BEGIN
 namespace adaptir::cpu::gemm::avx2 {
 // dst[0, n) = src[0, n) with 32-byte streaming stores where dst is aligned.
 static inline void stream_copy(float* dst, const float* src, int64_t n) {
@@ -36,7 +33,7 @@ static inline void stream_copy(float* dst, const float* src, int64_t n) {
 #include "skinny_gemm_impl.h"
 #undef SG_ACC
 }  // namespace adaptir::cpu::gemm::avx2
-#pragma GCC pop_options
+ADAPTIR_AVX2_END
 #endif
 
 namespace adaptir::cpu::gemm::base {
@@ -65,14 +62,14 @@ static inline void stream_copy(float* dst, const float* src, int64_t n) {
 namespace adaptir::cpu::gemm {
 
 bool uses_avx2() {
-#ifdef ADAPTIR_HAVE_AVX2_BUILD
+#ifdef ADAPTIR_AVX2_BUILDS
   return cpu_has_avx2_fma();
 #else
   return false;
 #endif
 }
 
-#ifdef ADAPTIR_HAVE_AVX2_BUILD
+#ifdef ADAPTIR_AVX2_BUILDS
 #define SG_DISPATCH(fn, ...) (uses_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 #else
 #define SG_DISPATCH(fn, ...) base::fn(__VA_ARGS__)

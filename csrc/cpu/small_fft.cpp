@@ -92,15 +92,12 @@ const Plan& plan_for(int64_t n) {
 
 }  // namespace adaptir::cpu::fft
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ADAPTIR_FFT_AVX2_BUILD 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#pragma GCC optimize("fp-contract=fast")
+#ifdef ADAPTIR_AVX2_BUILDS
+ADAPTIR_AVX2_BEGIN
 namespace adaptir::cpu::fft::avx2 {
 #include "small_fft_impl.h"
 }  // namespace adaptir::cpu::fft::avx2
-#pragma GCC pop_options
+ADAPTIR_AVX2_END
 #endif
 
 namespace adaptir::cpu::fft::base {
@@ -110,7 +107,7 @@ namespace adaptir::cpu::fft::base {
 namespace adaptir::cpu::fft {
 
 bool uses_avx2() {
-#ifdef ADAPTIR_FFT_AVX2_BUILD
+#ifdef ADAPTIR_AVX2_BUILDS
   return cpu_has_avx2_fma();
 #else
   return false;
@@ -118,14 +115,14 @@ bool uses_avx2() {
 }
 
 void rfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W) {
-#ifdef ADAPTIR_FFT_AVX2_BUILD
+#ifdef ADAPTIR_AVX2_BUILDS
   if (uses_avx2()) return avx2::rfft2(in, out, nq, H, W);
 #endif
   base::rfft2(in, out, nq, H, W);
 }
 
 void irfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W) {
-#ifdef ADAPTIR_FFT_AVX2_BUILD
+#ifdef ADAPTIR_AVX2_BUILDS
   if (uses_avx2()) return avx2::irfft2(in, out, nq, H, W);
 #endif
   base::irfft2(in, out, nq, H, W);
