@@ -133,6 +133,53 @@ def test_spectral_gate_triton_entry():
         assert_close_rel(g, r, 1e-4, f"grad {name}")
 
 
+def _hermitian_part(Y: torch.Tensor, W: int) -> torch.Tensor:
+    """Y (..., H, Wf, 2) with its columns kw = 0 and (W even) W / 2 replaced by their
+    Hermitian part along H, (Y[kh] + conj(Y[-kh mod H])) / 2, written out index by index."""
+    out = Y.clone()
+    H, Wf = Y.shape[-3], Y.shape[-2]
+    for kw in sorted({0, Wf - 1} if W % 2 == 0 else {0}):
+        for kh in range(H):
+            km = (H - kh) % H
+            out[..., kh, kw, 0] = (Y[..., kh, kw, 0] + Y[..., km, kw, 0]) / 2
+            out[..., kh, kw, 1] = (Y[..., kh, kw, 1] - Y[..., km, kw, 1]) / 2
+    return out
+
+
+@pytest.mark.parametrize("H,W", [(5, 7), (6, 8), (1, 4), (4, 1), (7, 2), (1, 1), (8, 9)])
+def test_gate_kernels_store_hermitian_columns(H, W):
+    """hermitian_width / hermitian: the gate kernels store the half spectrum's columns kw = 0
+    and W / 2 as their Hermitian part along H (what the inverse transform then needs on
+    cuFFT), every other value and every parameter gradient exactly as without; and
+    SPEC 4.1's inverse of the result is unchanged."""
+    from adaptir_kernels.spectrum import irfft2
+    from adaptir_kernels.triton.spectral_gate import gate_backward_into, gate_forward
+
+    gen = torch.Generator().manual_seed(H * 31 + W)
+    Wf = W // 2 + 1
+    U = torch.randn(2, 3, H, Wf, 2, generator=gen)
+    U.view(-1, 2)[::5] = 0.0
+    params = [torch.randn(3, generator=gen) * 0.5 for _ in range(4)]
+    grad_G = torch.randn(U.shape, generator=gen)
+    dev = [t.to(DEVICE) for t in (U, *params, grad_G)]
+    with _alloc.poisoned():
+        G = gate_forward(*dev[:5]).cpu()
+        G_h = gate_forward(*dev[:5], hermitian_width=W).cpu()
+        plain = [t.cpu() for t in gate_backward_into(dev[5], *dev[:5], weights_of_width=W)]
+        herm = [t.cpu() for t in gate_backward_into(dev[5], *dev[:5], weights_of_width=W, hermitian=True)]
+    torch.testing.assert_close(G_h, _hermitian_part(G, W), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(herm[0], _hermitian_part(plain[0], W), rtol=1e-6, atol=1e-6)
+    for a, b in zip(herm[1:], plain[1:]):
+        assert torch.equal(a, b)
+    assert not torch.equal(_hermitian_part(G, W), G)  # the test can fail
+    torch.testing.assert_close(torch.fft.irfft2(torch.view_as_complex(G_h.double().contiguous()), s=(H, W), norm="ortho"),
+                               irfft2(torch.view_as_complex(G.double().contiguous()), H, W), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=f"not that of a plane {W + 2} wide"):
+        gate_forward(*dev[:5], hermitian_width=W + 2)
+    with pytest.raises(ValueError, match="hermitian needs weights_of_width"):
+        gate_backward_into(dev[5], *dev[:5], hermitian=True)
+
+
 @pytest.mark.parametrize("N,H,W,C,hidden", [(2, 9, 15, 180, 12), (1, 6, 11, 100, 40)])
 def test_many_blocks(N, H, W, C, hidden):
     """Shapes spanning several row blocks, pixel blocks and column chunks per program."""

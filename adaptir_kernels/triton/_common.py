@@ -85,6 +85,9 @@ ROUTER_CONFIGS = {
 }
 # Flat elementwise kernels (spectral gate, abs/mean, sign step).
 FLAT_CONFIG = dict(BLOCK=512, num_warps=4)
+# The spectral gate's backward: two elements per thread (it evaluates the gate's adjoint
+# twice in the columns it makes Hermitian, which spills registers at four).
+GATE_BWD_CONFIG = dict(BLOCK=512, num_warps=8)
 # Column reduction of partial sums.
 COLSUM_CONFIG = dict(BR=128, BK=32, num_warps=4)
 COLSUM_SEGMENTS = 5

@@ -1,6 +1,9 @@
 """global_branch in Triton: the transforms stay torch.fft calls (cuFFT on GPUs), the gate
 between them is one kernel each way (spectral_gate.py), and abs with its per-channel mean
-is one more. Signatures and adjoints: adaptir_kernels/ops/global_branch.py.
+is one more. Signatures and adjoints: adaptir_kernels/ops/global_branch.py. The gate
+kernels store the half spectrum's columns kw = 0 and W / 2 as their Hermitian part along
+H, so the inverse transforms are plain torch.fft.irfft2 calls that follow SPEC 4.1 on
+cuFFT too (what adaptir_kernels.spectrum.irfft2 does with ATen ops for the other paths).
 
 Forward:  rfft2 -> _gate_fwd_kernel -> irfft2 -> _abs_mean_kernel (g = |y|, mean of g,
           the signs of y packed 8 to a byte).
@@ -19,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..ops.global_branch import check_signs
-from ..spectrum import irfft2, rfft2_real
+from ..spectrum import rfft2_real
 from . import _common as cm
 from .spectral_gate import gate_backward_into, gate_forward
 
@@ -78,7 +81,10 @@ def _spectrum(u):
 
 
 def _inverse(G, H, W):
-    return irfft2(torch.view_as_complex(G), H, W)  # SPEC 4.1 on cuFFT too: adaptir_kernels.spectrum
+    """irfft2 of a half spectrum whose columns kw = 0 and W / 2 the gate kernels made
+    Hermitian along H (hermitian_width / hermitian): SPEC 4.1 on cuFFT too, as
+    adaptir_kernels.spectrum.irfft2 makes it, without its dozen extra ATen calls."""
+    return torch.fft.irfft2(torch.view_as_complex(G), s=(H, W), norm="ortho")
 
 
 def _params(amp_w, amp_b, pha_w, pha_b):
@@ -91,7 +97,7 @@ def forward(u, amp_w, amp_b, pha_w, pha_b):
     params = _params(amp_w, amp_b, pha_w, pha_b)
     N, h, H, W = cm.hidden_input("global_branch", u)
     cm.check("global_branch", u, **{n: (t, h) for n, t in zip(("amp_w", "amp_b", "pha_w", "pha_b"), params)})
-    y = _inverse(gate_forward(_spectrum(u), *params), H, W)
+    y = _inverse(gate_forward(_spectrum(u), *params, hermitian_width=W), H, W)
     g = cm.new(u.shape, u.device)
     gmean = cm.new((N, h), u.device)
     nb = (H * W + 7) // 8
@@ -121,10 +127,11 @@ def backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
             _sign_bits_kernel[grid](grad_g, grad_gmean, g, sign, grad_y, total, H * W, sign.shape[-1],
                                     BLOCK=fc["BLOCK"], **cm.opts(fc))
     else:  # an empty sign tensor: recompute y
-        y = _inverse(gate_forward(U, *params), H, W)
+        y = _inverse(gate_forward(U, *params, hermitian_width=W), H, W)
         with cm.device_guard(u):
             _sign_kernel[grid](grad_g, grad_gmean, y, grad_y, total, H * W, BLOCK=fc["BLOCK"], **cm.opts(fc))
-    grad_Uc, gaw, gab, gpw, gpb = gate_backward_into(_spectrum(grad_y), U, *params, weights_of_width=W)
+    grad_Uc, gaw, gab, gpw, gpb = gate_backward_into(_spectrum(grad_y), U, *params, weights_of_width=W,
+                                                           hermitian=True)
     grad_u = _inverse(grad_Uc, H, W)
     return grad_u, gaw, gab, gpw, gpb
 
