@@ -7,11 +7,12 @@
 #
 # Writes into OUTDIR: env.txt (GPU, driver, versions), pytest.log, compile_check.json,
 # bench.md + bench.json + profile.txt (benchmarks/gpu_bench.py), bench.log, launch_cost.json
-# + launch_cost.log (benchmarks/gpu_launch_cost.py), finetune_cuda.json + finetune_cuda.log
+# + launch_cost.log (benchmarks/gpu_launch_cost.py), count_calls.json + count_calls.log
+# (benchmarks/count_calls.py), finetune_cuda.json + finetune_cuda.log
 # (benchmarks/bench_finetune_step.py), summary.txt.
 # Took 3.5 minutes on an H200 without the fine-tuning step; each step runs under a time
 # limit (PYTEST_LIMIT, BENCH_LIMIT, FINETUNE_LIMIT seconds, 240, 200 and 150 by default;
-# 120 for the launch cost).
+# 120 for the launch cost, 60 for the call count).
 #
 # Exit status: 0 when the tests passed and the benchmark ran; 1 when a test failed or
 # the benchmark failed; 2 without a usable CUDA device (a message says so, nothing is
@@ -75,6 +76,9 @@ bench_rc=$?
 # 3. The host's cost per launch, to read the table against.
 echo "== launch cost"
 timeout 120 "$PY" benchmarks/gpu_launch_cost.py --out "$OUT" 2>&1 | tee "$OUT/launch_cost.log"
+echo "== calls issued by one fused forward+backward"
+timeout 60 "$PY" benchmarks/count_calls.py --device cuda --shape 16,48,48,180 --json "$OUT/count_calls.json" 2>&1 \
+    | tee "$OUT/count_calls.log"
 
 # 4. One EDT-B fine-tuning step: no adapters, eager adapters, fused adapters.
 echo "== fine-tuning step"
