@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from adaptir_kernels.data import degradations as D
@@ -93,6 +94,24 @@ def test_patch_equals_crop_of_whole_degraded_image(task):
     for y, x in [(0, 0), (hl - 16, wl - 16), (7, 13), (hl // 2 - 3, 5)]:
         patch = synthesize_patch(gt, t, y, x, 16, None)
         np.testing.assert_array_equal(patch, whole[y:y + 16, x:x + 16])
+
+
+def test_noise_is_quantised_per_stage():
+    """Training patches of a denoising task are truncated to uint8 levels (AdaptIR's
+    training data); its evaluation images keep the noisy values in float32."""
+    gt = _photo(40, 44, 8)
+    recs = [Record("a", gt)]
+    ds = TrainPatches(recs, "denoise_30", patch_size=16, seed=2, augment=False)
+    lq, clean = ds[0]
+    assert lq.dtype == torch.float32 and torch.equal(lq, (lq * 255).round() / 255)  # on uint8 levels
+    assert not torch.equal(lq, clean)
+    patch = synthesize_patch(gt, D.get_task("denoise_30"), 3, 5, 16, D.rng_for(9))
+    expect = D.add_gaussian_noise(np.ascontiguousarray(gt[3:19, 5:21]), 30, D.rng_for(9), quantize="truncate")
+    assert patch.dtype == np.uint8
+    np.testing.assert_array_equal(patch, expect)
+    item = EvalImages(recs, "denoise_30", seed=1)[0]
+    assert item["lq"].dtype == np.float32 and item["gt"].dtype == np.uint8
+    assert (item["lq"] != np.round(item["lq"])).any()
 
 
 def test_train_patches_shapes_determinism_and_augmentation():

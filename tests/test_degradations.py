@@ -131,6 +131,46 @@ def test_noise_is_seeded_clipped_and_quantised():
     assert white.max() == 255  # clipped, not wrapped
     with pytest.raises(TypeError):
         D.add_gaussian_noise(img.astype(np.float32), 30, D.rng_for(0))
+    # AdaptIR's protocol: clip, then numpy's cast to uint8 (truncation), or kept in float
+    clipped = np.clip(128 + 30 * z, 0, 255)
+    t = D.add_gaussian_noise(img, 30, D.rng_for(1, "x"), quantize="truncate")
+    assert t.dtype == np.uint8
+    np.testing.assert_array_equal(t, np.floor(clipped))
+    f = D.add_gaussian_noise(img, 30, D.rng_for(1, "x"), quantize="none")
+    assert f.dtype == np.float32
+    np.testing.assert_array_equal(f, clipped.astype(np.float32))
+    assert f.min() >= 0 and f.max() <= 255 and (f != np.round(f)).any()
+    # truncation lowers the image by half a level on average
+    assert 0.4 < (a.astype(float) - t).mean() < 0.6
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        D.add_gaussian_noise(img, 30, D.rng_for(0), quantize="floor")
+
+
+def test_noise_tasks_follow_adaptir_protocol():
+    """AdaptIR truncates noisy training patches and lr4_noise30's test images to uint8,
+    and keeps its denoising test images in float."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (32, 24, 3), dtype=np.uint8)
+    for name in ("denoise_30", "denoise_50", "denoise_17"):
+        task = D.get_task(name)
+        sigma = task.noise_sigma
+        np.testing.assert_array_equal(task.synthesize(img, D.rng_for(4), stage="train"),
+                                      D.add_gaussian_noise(img, sigma, D.rng_for(4), quantize="truncate"))
+        ev = D.degrade(img, name, D.rng_for(4))
+        assert ev.dtype == np.float32
+        np.testing.assert_array_equal(ev, D.add_gaussian_noise(img, sigma, D.rng_for(4), quantize="none"))
+    lr = D.bicubic_downscale(img, 4)
+    for stage in ("train", "eval"):
+        np.testing.assert_array_equal(D.degrade(img, "lr4_noise30", D.rng_for(5), stage=stage),
+                                      D.add_gaussian_noise(lr, 30, D.rng_for(5), quantize="truncate"))
+    # tasks without noise do not depend on the stage
+    for name in ("sr_2", "lr4_jpeg30", "jpeg_20"):
+        np.testing.assert_array_equal(D.degrade(img[:32, :24], name, D.rng_for(1), stage="train"),
+                                      D.degrade(img[:32, :24], name, D.rng_for(1)))
+    with pytest.raises(ValueError, match="stage must be 'train' or 'eval'"):
+        D.degrade(img, "denoise_30", D.rng_for(0), stage="test")
+    with pytest.raises(ValueError, match="noise_eval must be one of"):
+        D.Task("mine", noise_sigma=10, noise_eval="floor")
 
 
 def test_jpeg_is_pillow_and_quality_ordered():
@@ -152,7 +192,8 @@ def test_hybrids_compose_bicubic_then_noise_or_jpeg():
     img = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
     lr = D.bicubic_downscale(img, 4)
     np.testing.assert_array_equal(
-        D.degrade(img, "lr4_noise30", D.rng_for(5)), D.add_gaussian_noise(lr, 30, D.rng_for(5)))
+        D.degrade(img, "lr4_noise30", D.rng_for(5)), D.add_gaussian_noise(lr, 30, D.rng_for(5), quantize="truncate"))
+    np.testing.assert_array_equal(D.lr4_noise30(img, D.rng_for(5)), D.degrade(img, "lr4_noise30", D.rng_for(5)))
     # AdaptIR's JPEG stage: OpenCV's encoder given an RGB array, i.e. the JPEG of the B, G, R image
     lq = D.degrade(img, "lr4_jpeg30")
     np.testing.assert_array_equal(lq, D.jpeg_compress(np.ascontiguousarray(lr[..., ::-1]), 30)[..., ::-1])

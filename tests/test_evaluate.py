@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from adaptir_kernels import cli
@@ -115,3 +116,37 @@ def test_restore_file_and_folder(tiny_run, tmp_path):
     assert sorted(os.listdir(tmp_path / "outdir")) == ["a.png", "b.png"]
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "outdir" / "a.png")), single)
     assert np.asarray(Image.open(tmp_path / "outdir" / "b.png")).shape == (lq.shape[0] * 2, 30, 3)
+
+
+class _Identity(torch.nn.Module):
+    scale = 1
+
+    def forward(self, x):
+        return x
+
+
+def test_denoising_eval_feeds_the_float_lq_and_scores_its_rounding(tmp_path):
+    """A denoising task's evaluation LQ stays in float (AdaptIR's test protocol): the model
+    sees the unquantised values, and the input's scores are those of its rounding."""
+    from adaptir_kernels.data.datasets import EvalImages, Record
+    from adaptir_kernels.data.degradations import add_gaussian_noise, rng_for
+    from adaptir_kernels.evaluate import evaluate_dataset
+
+    gt = _image(24, 20, 3)
+    ds = EvalImages([Record("a", gt)], "denoise_50", seed=2)
+    lq = add_gaussian_noise(gt, 50, rng_for(2, "a"), quantize="none")
+    np.testing.assert_array_equal(ds[0]["lq"], lq)
+    seen = []
+
+    class Spy(_Identity):
+        def forward(self, x):
+            seen.append(x.clone())
+            return x
+
+    (row,) = evaluate_dataset(Spy(), ds, torch.device("cpu"), tile=32)
+    levels = torch.cat([t.flatten() for t in seen]).double() * 255
+    assert ((levels - levels.round()).abs() > 1e-3).any()  # not uint8 levels: the float LQ itself
+    rounded = np.round(lq).astype(np.uint8)
+    assert row["input_psnr"] == pytest.approx(calculate_psnr(rounded, gt, crop_border=0, y_channel=False))
+    assert row["psnr"] == pytest.approx(row["input_psnr"])  # the identity's output, rounded the same way
+    assert 10 < row["psnr"] < 20

@@ -143,7 +143,8 @@ def _load(img: Image, name: str) -> np.ndarray:
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
+    """(H, W, 3) on the 0-255 scale (uint8, or float for LQ kept unquantised) -> float32
+    (3, H, W) in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
 
 
@@ -309,7 +310,7 @@ def synthesize_patch(gt: np.ndarray, task: Task, y: int, x: int, size: int, rng:
         clean = clean[y0 - gy0 : y1 - gy0, x0 - gx0 : x1 - gx0]
     else:
         clean = gt[y0:y1, x0:x1]
-    lq = task.corrupt(np.ascontiguousarray(clean), rng)
+    lq = task.corrupt(np.ascontiguousarray(clean), rng, stage="train")
     return lq[y - y0 : y - y0 + size, x - x0 : x - x0 + size]
 
 
@@ -429,7 +430,8 @@ class TrainPatches(Dataset):
 
 
 class EvalImages(Dataset):
-    """Whole evaluation images: dicts with name, lq and gt (uint8 (H, W, 3) arrays).
+    """Whole evaluation images: dicts with name, lq and gt ((H, W, 3) arrays on the 0-255
+    scale: uint8, except a synthesised LQ the task keeps in float32, `Task.noise_eval`).
 
     Synthesised LQ uses rng_for(seed, name), so it does not depend on the folder's order.
     """

@@ -10,8 +10,14 @@ function of the image and the seed (see `rng_for`).
   is rounded back to uint8 after each pass (halves away from zero, as MATLAB's uint8
   conversion: at x2 and x4 many values fall exactly on a half); a float image stays
   float64.
-- `add_gaussian_noise`: img + sigma * N(0, 1) on the 0-255 scale, then clipped to
-  [0, 255] and rounded to uint8 (BasicSR's `clip=True, rounds=True`).
+- `add_gaussian_noise`: img + sigma * N(0, 1) on the 0-255 scale, clipped to [0, 255],
+  then brought back as the task's protocol says (`quantize`): rounded to uint8 (BasicSR's
+  `clip=True, rounds=True`), truncated to uint8 (numpy's float-to-uint8 cast, what
+  AdaptIR's pipeline does for training and for the lr4_noise30 test set), or kept as
+  float32 on the 0-255 scale (AdaptIR's denoising test sets). The noise tasks follow
+  AdaptIR's protocol (`Task.noise_train`, `Task.noise_eval`), so scores and trained
+  adapters compare with the published ones; the difference is small (truncation lowers
+  values by half a level on average: at most a few hundredths of a dB).
 - `jpeg_compress`: Pillow's JPEG encoder at quality q (4:2:0 chroma subsampling, as
   Pillow and OpenCV both default to), decoded back to RGB.
 - Hybrids: lr4_noise30 = bicubic x4 then noise sigma 30; lr4_jpeg30 = bicubic x4 then
@@ -176,13 +182,23 @@ def _as_uint8(img: np.ndarray, what: str) -> np.ndarray:
     return img
 
 
-def add_gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Additive white Gaussian noise with standard deviation sigma on the 0-255 scale."""
+NOISE_QUANTIZE = ("round", "truncate", "none")
+
+
+def add_gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator,
+                       quantize: str = "round") -> np.ndarray:
+    """Additive white Gaussian noise with standard deviation sigma on the 0-255 scale,
+    clipped to [0, 255]. quantize: "round" (to uint8, BasicSR), "truncate" (to uint8
+    towards zero, as numpy's cast in AdaptIR's pipeline) or "none" (float32, 0-255)."""
     img = _as_uint8(img, "add_gaussian_noise")
     if sigma < 0:
         raise ValueError(f"sigma must be non-negative, got {sigma}")
-    noisy = img.astype(np.float64) + float(sigma) * rng.standard_normal(img.shape)
-    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+    if quantize not in NOISE_QUANTIZE:
+        raise ValueError(f"quantize must be one of {NOISE_QUANTIZE}, got {quantize!r}")
+    noisy = np.clip(img.astype(np.float64) + float(sigma) * rng.standard_normal(img.shape), 0, 255)
+    if quantize == "none":
+        return noisy.astype(np.float32)
+    return (np.round(noisy) if quantize == "round" else noisy).astype(np.uint8)
 
 
 def jpeg_compress(img: np.ndarray, quality: int, reverse_channels: bool = False) -> np.ndarray:
@@ -206,7 +222,7 @@ def jpeg_compress(img: np.ndarray, quality: int, reverse_channels: bool = False)
 
 
 def lr4_noise30(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return add_gaussian_noise(bicubic_downscale(img, 4), 30, rng)
+    return add_gaussian_noise(bicubic_downscale(img, 4), 30, rng, quantize="truncate")
 
 
 def lr4_jpeg30(img: np.ndarray, rng: Optional[np.random.Generator] = None) -> np.ndarray:
@@ -222,6 +238,8 @@ class Task:
     then either Gaussian noise (`noise_sigma`) or JPEG (`jpeg_quality`). Tasks with
     `paired=True` have no synthetic model and need LQ/GT pairs. Metrics: PSNR/SSIM on
     the Y channel (`y_channel`) or on RGB, with `crop_border` pixels removed per side.
+    `noise_train` / `noise_eval`: how noisy LQ is quantised for training patches and for
+    evaluation images (`add_gaussian_noise`'s quantize); "none" gives float32 LQ.
     """
 
     name: str
@@ -229,6 +247,8 @@ class Task:
     noise_sigma: Optional[float] = None
     jpeg_quality: Optional[int] = None
     jpeg_reverse_channels: bool = False  # JPEG of the B, G, R image, as AdaptIR's OpenCV pipeline
+    noise_train: str = "round"
+    noise_eval: str = "round"
     paired: bool = False
     y_channel: bool = True
     crop_border: int = 0
@@ -238,18 +258,30 @@ class Task:
     def can_synthesize(self) -> bool:
         return not self.paired
 
-    def synthesize(self, gt: np.ndarray, rng: Optional[np.random.Generator] = None) -> np.ndarray:
-        """LQ from a uint8 GT image whose size is a multiple of `scale`."""
+    def __post_init__(self):
+        for field in ("noise_train", "noise_eval"):
+            if getattr(self, field) not in NOISE_QUANTIZE:
+                raise ValueError(f"Task {field} must be one of {NOISE_QUANTIZE}, got {getattr(self, field)!r}")
+
+    def synthesize(self, gt: np.ndarray, rng: Optional[np.random.Generator] = None,
+                   stage: str = "eval") -> np.ndarray:
+        """LQ from a uint8 GT image whose size is a multiple of `scale`, for evaluation
+        (stage="eval") or as training data (stage="train"): they differ in how noise is
+        quantised (`noise_eval`, `noise_train`)."""
         if self.paired:
             raise ValueError(f"task {self.name!r} has no synthetic degradation; it needs paired LQ/GT data")
-        return self.corrupt(bicubic_downscale(gt, self.scale), rng)
+        return self.corrupt(bicubic_downscale(gt, self.scale), rng, stage)
 
-    def corrupt(self, clean_lq: np.ndarray, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    def corrupt(self, clean_lq: np.ndarray, rng: Optional[np.random.Generator] = None,
+                stage: str = "eval") -> np.ndarray:
         """The second stage alone (noise or JPEG) applied to a clean LQ-sized image."""
+        if stage not in ("train", "eval"):
+            raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
         if self.noise_sigma is not None:
             if rng is None:
                 raise ValueError(f"task {self.name!r} is random: pass a numpy Generator (see rng_for)")
-            return add_gaussian_noise(clean_lq, self.noise_sigma, rng)
+            return add_gaussian_noise(clean_lq, self.noise_sigma, rng,
+                                      quantize=self.noise_train if stage == "train" else self.noise_eval)
         if self.jpeg_quality is not None:
             return jpeg_compress(clean_lq, self.jpeg_quality, reverse_channels=self.jpeg_reverse_channels)
         return clean_lq
@@ -261,7 +293,8 @@ def _sr(factor: int) -> Task:
 
 
 def _denoise(sigma: int) -> Task:
-    return Task(f"denoise_{sigma}", noise_sigma=sigma, y_channel=False,
+    # AdaptIR: training patches truncated to uint8, test images kept in float.
+    return Task(f"denoise_{sigma}", noise_sigma=sigma, y_channel=False, noise_train="truncate", noise_eval="none",
                 description=f"Gaussian denoising, sigma {sigma} on the 0-255 scale")
 
 
@@ -276,8 +309,8 @@ TASKS: Dict[str, Task] = {
         _sr(2), _sr(3), _sr(4),
         _denoise(15), _denoise(25), _denoise(30), _denoise(50),
         _jpeg(10), _jpeg(20), _jpeg(30), _jpeg(40),
-        Task("lr4_noise30", scale=4, noise_sigma=30, crop_border=4,
-             description="bicubic x4 then Gaussian noise sigma 30"),
+        Task("lr4_noise30", scale=4, noise_sigma=30, crop_border=4, noise_train="truncate", noise_eval="truncate",
+             description="bicubic x4 then Gaussian noise sigma 30 (truncated to uint8, as AdaptIR's pipeline)"),
         Task("lr4_jpeg30", scale=4, jpeg_quality=30, jpeg_reverse_channels=True, crop_border=4,
              description="bicubic x4 then JPEG quality 30 (of the B, G, R image, as AdaptIR's pipeline)"),
         Task("low_light", paired=True, y_channel=False,
@@ -317,8 +350,10 @@ def get_task(name: str) -> Task:
     raise ValueError(f"unknown task {name!r}; expected one of: {', '.join(TASKS)}")
 
 
-def degrade(img: np.ndarray, task: Union[str, Task], rng: Optional[np.random.Generator] = None) -> np.ndarray:
-    """Synthesize the LQ image of `task` from a uint8 GT image (mod-cropped by the caller)."""
+def degrade(img: np.ndarray, task: Union[str, Task], rng: Optional[np.random.Generator] = None,
+            stage: str = "eval") -> np.ndarray:
+    """Synthesize the LQ image of `task` from a uint8 GT image (mod-cropped by the caller),
+    for evaluation or (stage="train") as training data: see Task.synthesize."""
     t = get_task(task) if isinstance(task, str) else task
     img = _as_uint8(img, f"degrade({t.name!r})")
     h, w = img.shape[:2]
@@ -326,4 +361,4 @@ def degrade(img: np.ndarray, task: Union[str, Task], rng: Optional[np.random.Gen
         raise ValueError(
             f"image of size {h}x{w} is not a multiple of the task scale {t.scale}; mod_crop it first"
         )
-    return t.synthesize(img, rng)
+    return t.synthesize(img, rng, stage)
