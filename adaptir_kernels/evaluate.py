@@ -35,8 +35,8 @@ __all__ = ["evaluate_dataset", "restore_image", "load_model", "register"]
 
 def restore_image(model: nn.Module, lq: np.ndarray, device: torch.device, tile: Optional[int] = None,
                   progress: Optional[bool] = None) -> np.ndarray:
-    """Restore one (H, W, 3) image on the 0-255 scale (uint8, or float: a denoising
-    task's unquantised LQ); returns uint8 (H*s, W*s, 3)."""
+    """Restore one (H, W, 3) image, uint8 or float in [0, 1] (a denoising task's
+    unquantised LQ); returns uint8 (H*s, W*s, 3)."""
     from .tiling import restore
 
     x = to_tensor(lq)[None].to(device)
@@ -45,12 +45,9 @@ def restore_image(model: nn.Module, lq: np.ndarray, device: torch.device, tile: 
 
 
 def _input_reference(lq: np.ndarray, scale: int) -> np.ndarray:
-    """The input as an image of the GT's size, uint8 for the metrics (a float LQ is
-    rounded, as the model's output is)."""
-    ref = lq if scale == 1 else imresize(lq, scale=float(scale))
-    if ref.dtype != np.uint8:
-        ref = np.round(np.clip(ref, 0, 255)).astype(np.uint8)
-    return ref
+    """The input at the GT's size (the metrics round a float one to uint8 levels, as they
+    do the model's output)."""
+    return lq if scale == 1 else imresize(lq, scale=float(scale))
 
 
 def evaluate_dataset(

@@ -47,6 +47,7 @@ def main():
     kw = dict(crop_border=task.crop_border, y_channel=task.y_channel)
     print(f"task {task.name} ({task.description}); metrics on {'Y' if task.y_channel else 'RGB'}, "
           f"border {task.crop_border}")
+    lq = to_uint8(lq)  # for display and scores (denoising LQ is float in [0, 1], unquantised)
     ref = lq if task.scale == 1 else np.asarray(Image.fromarray(lq).resize(gt.shape[1::-1], Image.BICUBIC))
     print(f"input:    PSNR {calculate_psnr(ref, gt, **kw):6.2f} dB  SSIM {calculate_ssim(ref, gt, **kw):.4f}")
     print(f"restored: PSNR {calculate_psnr(out, gt, **kw):6.2f} dB  SSIM {calculate_ssim(out, gt, **kw):.4f}")

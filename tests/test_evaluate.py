@@ -127,7 +127,8 @@ class _Identity(torch.nn.Module):
 
 def test_denoising_eval_feeds_the_float_lq_and_scores_its_rounding(tmp_path):
     """A denoising task's evaluation LQ stays in float (AdaptIR's test protocol): the model
-    sees the unquantised values, and the input's scores are those of its rounding."""
+    sees the unquantised values, and the input's scores are those of its rounding to uint8
+    levels."""
     from adaptir_kernels.data.datasets import EvalImages, Record
     from adaptir_kernels.data.degradations import add_gaussian_noise, rng_for
     from adaptir_kernels.evaluate import evaluate_dataset
@@ -146,7 +147,7 @@ def test_denoising_eval_feeds_the_float_lq_and_scores_its_rounding(tmp_path):
     (row,) = evaluate_dataset(Spy(), ds, torch.device("cpu"), tile=32)
     levels = torch.cat([t.flatten() for t in seen]).double() * 255
     assert ((levels - levels.round()).abs() > 1e-3).any()  # not uint8 levels: the float LQ itself
-    rounded = np.round(lq).astype(np.uint8)
+    rounded = np.round(lq * 255).astype(np.uint8)
     assert row["input_psnr"] == pytest.approx(calculate_psnr(rounded, gt, crop_border=0, y_channel=False))
     assert row["psnr"] == pytest.approx(row["input_psnr"])  # the identity's output, rounded the same way
     assert 10 < row["psnr"] < 20

@@ -143,9 +143,10 @@ def _load(img: Image, name: str) -> np.ndarray:
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) on the 0-255 scale (uint8, or float for LQ kept unquantised) -> float32
+    """(H, W, 3) uint8 (0-255) or float (in [0, 1], e.g. LQ kept unquantised) -> float32
     (3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
+    t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+    return t.div_(255.0) if img.dtype == np.uint8 else t
 
 
 # -- sources ------------------------------------------------------------------------
@@ -430,8 +431,8 @@ class TrainPatches(Dataset):
 
 
 class EvalImages(Dataset):
-    """Whole evaluation images: dicts with name, lq and gt ((H, W, 3) arrays on the 0-255
-    scale: uint8, except a synthesised LQ the task keeps in float32, `Task.noise_eval`).
+    """Whole evaluation images: dicts with name, lq and gt ((H, W, 3) uint8 arrays, except
+    a synthesised LQ the task keeps unquantised: float32 in [0, 1], `Task.noise_eval`).
 
     Synthesised LQ uses rng_for(seed, name), so it does not depend on the folder's order.
     """

@@ -13,8 +13,9 @@ function of the image and the seed (see `rng_for`).
 - `add_gaussian_noise`: img + sigma * N(0, 1) on the 0-255 scale, clipped to [0, 255],
   then brought back as the task's protocol says (`quantize`): rounded to uint8 (BasicSR's
   `clip=True, rounds=True`), truncated to uint8 (numpy's float-to-uint8 cast, what
-  AdaptIR's pipeline does for training and for the lr4_noise30 test set), or kept as
-  float32 on the 0-255 scale (AdaptIR's denoising test sets). The noise tasks follow
+  AdaptIR's pipeline does for training and for the lr4_noise30 test set), or not
+  quantised: float32 in [0, 1], the package's convention for float images (AdaptIR's
+  denoising test sets). The noise tasks follow
   AdaptIR's protocol (`Task.noise_train`, `Task.noise_eval`), so scores and trained
   adapters compare with the published ones; the difference is small (truncation lowers
   values by half a level on average: at most a few hundredths of a dB).
@@ -189,7 +190,8 @@ def add_gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator,
                        quantize: str = "round") -> np.ndarray:
     """Additive white Gaussian noise with standard deviation sigma on the 0-255 scale,
     clipped to [0, 255]. quantize: "round" (to uint8, BasicSR), "truncate" (to uint8
-    towards zero, as numpy's cast in AdaptIR's pipeline) or "none" (float32, 0-255)."""
+    towards zero, as numpy's cast in AdaptIR's pipeline) or "none" (not quantised:
+    float32 in [0, 1], the noisy values / 255)."""
     img = _as_uint8(img, "add_gaussian_noise")
     if sigma < 0:
         raise ValueError(f"sigma must be non-negative, got {sigma}")
@@ -197,7 +199,7 @@ def add_gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator,
         raise ValueError(f"quantize must be one of {NOISE_QUANTIZE}, got {quantize!r}")
     noisy = np.clip(img.astype(np.float64) + float(sigma) * rng.standard_normal(img.shape), 0, 255)
     if quantize == "none":
-        return noisy.astype(np.float32)
+        return (noisy / 255.0).astype(np.float32)
     return (np.round(noisy) if quantize == "round" else noisy).astype(np.uint8)
 
 
@@ -239,7 +241,7 @@ class Task:
     `paired=True` have no synthetic model and need LQ/GT pairs. Metrics: PSNR/SSIM on
     the Y channel (`y_channel`) or on RGB, with `crop_border` pixels removed per side.
     `noise_train` / `noise_eval`: how noisy LQ is quantised for training patches and for
-    evaluation images (`add_gaussian_noise`'s quantize); "none" gives float32 LQ.
+    evaluation images (`add_gaussian_noise`'s quantize); "none" gives float32 LQ in [0, 1].
     """
 
     name: str
