@@ -47,6 +47,10 @@ class OpCase:
     backward_inputs: Callable = None  # (inputs, outputs) -> list of tensors after the output grads
     backward_consts: Sequence = ()
     grad_order: Callable = None  # maps backward op results to the order of `inputs`
+    # inputs whose gradient is zero in exact arithmetic, a float32 sum of many cancelling
+    # terms (router's compress_b: softmax is shift invariant); held to a floor of 1e-2
+    # of the largest gradient's norm instead of 1e-3
+    zero_grads: Sequence[int] = ()
 
 
 def run_case(case: OpCase, backend: str, out_tol=1e-5, grad_tol=1e-4, seed=0) -> None:
@@ -75,7 +79,8 @@ def run_case(case: OpCase, backend: str, out_tol=1e-5, grad_tol=1e-4, seed=0) ->
     floor = 1e-3 * max(g.norm().item() for g in expected_grads)
     for i, (g, e) in enumerate(zip(grads, expected_grads)):
         assert g.dtype == ins32[i].dtype and g.shape == e.shape, f"grad {i}: {g.dtype} {tuple(g.shape)}"
-        assert_close_rel(g, e, grad_tol, f"{backend} grad of input {i}", floor=floor)
+        scale = 10 if i in case.zero_grads else 1
+        assert_close_rel(g, e, grad_tol, f"{backend} grad of input {i}", floor=floor * scale)
 
 
 def run_autograd(case: OpCase, backend: str, tol=1e-4) -> None:

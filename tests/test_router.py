@@ -15,6 +15,7 @@ def make_case(N, H, W, h=12, p=6, q=3, seed=0):
         inputs=inputs, backward_inputs=lambda ins, outs: ins,
         # backward returns (grad_u, grad_gmean, 6 params, 4 params); reorder to the inputs'
         grad_order=lambda g: (g[0], *g[2:8], g[1], *g[8:]),
+        zero_grads=(2,),  # compress_b
     )
 
 
@@ -49,3 +50,38 @@ def test_parity_at_block_widths(backend, widths):
 @pytest.mark.parametrize("backend", backend_params())
 def test_parity_single_pixel(backend):
     run_case(make_case(1, 1, 1, seed=4), backend)
+
+
+@pytest.mark.parametrize("N,H,W,h", [(1, 15, 20, 12), (2, 13, 23, 12), (1, 9, 17, 24), (3, 7, 11, 40)], ids=str)
+def test_triton_split_samples(monkeypatch, N, H, W, h):
+    """Samples split into pixel chunks (what a whole image at N = 1 gets on a GPU), forced
+    here on small planes: chunks of whole tiles, the last one partial, 1-3 samples."""
+    from adaptir_kernels.backends import available_backends
+
+    if "triton" not in available_backends(torch.device("cpu")) and not torch.cuda.is_available():
+        pytest.skip("backend 'triton' does not run here")
+    from adaptir_kernels.triton import _common as cm
+    from adaptir_kernels.triton import router as tr
+
+    monkeypatch.setattr(tr, "SPLIT_MIN_ITERS", 0)
+    monkeypatch.setattr(tr, "CHUNK_ITERS", 1)
+    BP = cm.ROUTER_CONFIGS[cm.hidden_block(h)]["BP"]
+    S, CH = tr._split(N, H * W, BP, torch.device("cpu"))
+    assert S > 1 and CH % BP == 0 and (S - 1) * CH < H * W <= S * CH  # the test runs the split path
+    seen = []
+    for name in ("_router_part_kernel", "_router_gu_kernel"):
+        kernel = getattr(tr, name)
+        monkeypatch.setattr(tr, name, _Recorded(kernel, name, seen))
+    run_case(make_case(N, H, W, h=h, p=max(2, h // 2), q=3, seed=N + H), "triton")
+    assert "_router_part_kernel" in seen and "_router_gu_kernel" in seen
+
+
+class _Recorded:
+    """A Triton kernel whose launches are noted by name."""
+
+    def __init__(self, kernel, name, seen):
+        self.kernel, self.name, self.seen = kernel, name, seen
+
+    def __getitem__(self, grid):
+        self.seen.append(self.name)
+        return self.kernel[grid]

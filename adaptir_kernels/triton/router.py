@@ -1,5 +1,6 @@
 """router in Triton: one program per sample, one launch forward and one (plus two column
-sums of the parameter-gradient partials) backward. Signature and math:
+sums of the parameter-gradient partials) backward; samples with many pixels (a whole
+image at N = 1) are split over several programs. Signature and math:
 adaptir_kernels/ops/router.py.
 
 The work is tiny (an h x H*W reduction and two MLPs on h-wide vectors per sample); the
@@ -16,6 +17,16 @@ Backward (`_router_bwd_kernel`): the same recomputed, then the MLP gradients, gr
     per-sample partials, summed in a fixed order by `_common.colsum` (two launches of
     five outputs each).
 
+Split samples (`_splits`: more than SPLIT_MIN_ITERS pixel tiles per sample): the pixels
+are cut into S chunks of CHUNK_ITERS tiles, and `_router_part_kernel` (S x N programs)
+writes each chunk's softmax statistics (its maximum score, its sum of exponentials and
+its unnormalised pooled vector), which the per-sample kernels combine (the maximum of
+the maxima, the rescaled sums) instead of reading u. Backward, the per-sample kernel then
+stops at the pooled gradient, and `_router_gu_kernel` (S x N programs) makes the pass
+that writes grad_u, with compress_w / compress_b partials per chunk: one sequential
+program per sample reading a 256 x 256 plane twice (three times backward) took most of
+the adapter's GPU time at N = 1.
+
 The two MLP widths (proj_hidden, ci_hidden) are padded to one block BJ of at most
 MAX_J; wider adapters use the composite.
 """
@@ -29,6 +40,10 @@ from ..ops.router import backward_torch, forward_torch
 from . import _common as cm
 
 MAX_J = 32  # the presets give at most hidden / 2 = 32
+# A sample is split when its pixels take more than SPLIT_MIN_ITERS tiles of BP, into
+# chunks of CHUNK_ITERS tiles, at most about two programs per SM in all.
+SPLIT_MIN_ITERS = 64
+CHUNK_ITERS = 16
 _SQRT1_2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
@@ -44,10 +59,11 @@ def _gelu_grad(t):
 
 
 @triton.jit
-def _tile(u_ptr, base, P, p0, c, cmask, cw, cb, BP: tl.constexpr):
-    """Pixels p0.. of the sample: their indices, mask, u tile and scores compress_w . u_p + b."""
+def _tile(u_ptr, base, P, hi, p0, c, cmask, cw, cb, BP: tl.constexpr):
+    """Pixels p0.. (below hi) of the sample (P pixels per channel): their indices, mask, u
+    tile and scores compress_w . u_p + b."""
     p = p0 + tl.arange(0, BP)
-    pm = p < P
+    pm = p < hi
     ut = tl.load(u_ptr + base + c[:, None].to(tl.int64) * P + p[None, :], mask=cmask[:, None] & pm[None, :], other=0.0)
     return p, pm, ut, tl.sum(ut * cw[:, None], axis=0) + cb
 
@@ -61,32 +77,83 @@ def _lanes(h, PH, Q, BH: tl.constexpr, BJ: tl.constexpr):
 
 
 @triton.jit
-def _softmax_pool(u_ptr, base, P, cw, cb, c, cmask, BH: tl.constexpr, BP: tl.constexpr):
-    """(max score, sum of exp(score - max), pooled) for one sample."""
+def _chunk_stats(u_ptr, base, P, lo, hi, cw, cb, c, cmask, BH: tl.constexpr, BP: tl.constexpr):
+    """Softmax statistics of the sample's pixels lo..hi-1: (max score m, sum of
+    exp(score - m), sum of exp(score - m) u_p)."""
     mx = tl.full((BP,), float("-inf"), tl.float32)
-    for p0 in range(0, P, BP):
-        p, pm, ut, sc = _tile(u_ptr, base, P, p0, c, cmask, cw, cb, BP)
+    for p0 in range(lo, hi, BP):
+        p, pm, ut, sc = _tile(u_ptr, base, P, hi, p0, c, cmask, cw, cb, BP)
         mx = tl.maximum(mx, tl.where(pm, sc, float("-inf")))
     m = tl.max(mx, axis=0)
     ssum = tl.zeros((BP,), tl.float32)
     pooled = tl.zeros((BH,), tl.float32)
-    for p0 in range(0, P, BP):
-        p, pm, ut, sc = _tile(u_ptr, base, P, p0, c, cmask, cw, cb, BP)
+    for p0 in range(lo, hi, BP):
+        p, pm, ut, sc = _tile(u_ptr, base, P, hi, p0, c, cmask, cw, cb, BP)
         e = tl.where(pm, tl.exp(sc - m), 0.0)
         ssum += e
         pooled += tl.sum(ut * e[None, :], axis=1)
-    s = tl.sum(ssum, axis=0)
+    return m, tl.sum(ssum, axis=0), pooled
+
+
+@triton.jit
+def _combined_stats(st_ptr, n, S, SW, h, c, cmask):
+    """The sample's (max score, sum of exponentials, pooled) from its S chunks' statistics
+    (rows of SW: the unnormalised pooled vector, then m and the sum)."""
+    row = st_ptr + n * S * SW
+    m = tl.load(row + h)
+    for k in range(1, S):
+        m = tl.maximum(m, tl.load(row + k * SW + h))
+    f = tl.exp(tl.load(row + h) - m)
+    s = tl.load(row + h + 1) * f
+    pooled = tl.load(row + c, mask=cmask, other=0.0) * f
+    for k in range(1, S):
+        f = tl.exp(tl.load(row + k * SW + h) - m)
+        s += tl.load(row + k * SW + h + 1) * f
+        pooled += tl.load(row + k * SW + c, mask=cmask, other=0.0) * f
     return m, s, pooled / s
 
 
 @triton.jit
+def _softmax_pool(u_ptr, st_ptr, n, h, P, S, cw, cb, c, cmask, SPLIT: tl.constexpr, BH: tl.constexpr,
+                  BP: tl.constexpr):
+    """(max score, sum of exp(score - max), pooled) for sample n: from u, or (SPLIT) from
+    its chunks' statistics."""
+    if SPLIT:
+        m, s, pooled = _combined_stats(st_ptr, n, S, h + 2, h, c, cmask)
+    else:
+        m, s, pooled = _chunk_stats(u_ptr, n * h * P, P, 0, P, cw, cb, c, cmask, BH, BP)
+        pooled = pooled / s
+    return m, s, pooled
+
+
+@triton.jit
+def _router_part_kernel(u_ptr, cw_ptr, cb_ptr, st_ptr, h, P, CH, BH: tl.constexpr, BP: tl.constexpr):
+    """Chunk k = program_id(0) (pixels k CH .. k CH + CH - 1) of sample n = program_id(1):
+    its softmax statistics as row n S + k of st (h + 2 columns)."""
+    k = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1).to(tl.int64)
+    S = tl.num_programs(0)
+    c = tl.arange(0, BH)
+    cmask = c < h
+    cw = tl.load(cw_ptr + c, mask=cmask, other=0.0)
+    cb = tl.load(cb_ptr)
+    lo = k * CH
+    hi = tl.minimum(lo + CH, P)
+    m, s, pooled = _chunk_stats(u_ptr, n * h * P, P, lo, hi, cw, cb, c, cmask, BH, BP)
+    row = st_ptr + (n * S + k) * (h + 2)
+    tl.store(row + c, pooled, mask=cmask)
+    tl.store(row + h, m)
+    tl.store(row + h + 1, s)
+
+
+@triton.jit
 def _router_fwd_kernel(u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_ptr, p2b_ptr, gm_ptr,
-                c1w_ptr, c1b_ptr, c3w_ptr, c3b_ptr, cs_ptr, cg_ptr, h, P, PH, Q,
-                BH: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr):
+                c1w_ptr, c1b_ptr, c3w_ptr, c3b_ptr, cs_ptr, cg_ptr, st_ptr, h, P, PH, Q, S,
+                SPLIT: tl.constexpr, BH: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr):
     n, c, cmask, j, jp, jq = _lanes(h, PH, Q, BH, BJ)
     cw = tl.load(cw_ptr + c, mask=cmask, other=0.0)
     cb = tl.load(cb_ptr)
-    m, s, pooled = _softmax_pool(u_ptr, n * h * P, P, cw, cb, c, cmask, BH, BP)
+    m, s, pooled = _softmax_pool(u_ptr, st_ptr, n, h, P, S, cw, cb, c, cmask, SPLIT, BH, BP)
     w0 = tl.load(p0w_ptr + j[:, None] * h + c[None, :], mask=jp[:, None] & cmask[None, :], other=0.0)
     hid = tl.sum(w0 * pooled[None, :], axis=1) + tl.load(p0b_ptr + j, mask=jp, other=0.0)
     w2 = tl.load(p2w_ptr + c[:, None] * PH + j[None, :], mask=cmask[:, None] & jp[None, :], other=0.0)
@@ -101,12 +168,58 @@ def _router_fwd_kernel(u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_ptr, p2b_ptr
 
 
 @triton.jit
+def _grad_pixels(u_ptr, gu_ptr, base, P, lo, hi, c, cmask, cw, cb, m, inv_s, gpool, dot,
+                 BH: tl.constexpr, BP: tl.constexpr):
+    """grad_u of the sample's pixels lo..hi-1, written; returns their shares of the
+    compress_w and compress_b gradients."""
+    gcw = tl.zeros((BH,), tl.float32)
+    gcb = tl.zeros((BP,), tl.float32)
+    for p0 in range(lo, hi, BP):
+        p, pm, ut, sc = _tile(u_ptr, base, P, hi, p0, c, cmask, cw, cb, BP)
+        a = tl.where(pm, tl.exp(sc - m) * inv_s, 0.0)
+        gs = a * (tl.sum(ut * gpool[:, None], axis=0) - dot)
+        gu = gpool[:, None] * a[None, :] + cw[:, None] * gs[None, :]
+        tl.store(gu_ptr + base + c[:, None].to(tl.int64) * P + p[None, :], gu, mask=cmask[:, None] & pm[None, :])
+        gcw += tl.sum(ut * gs[None, :], axis=1)
+        gcb += gs
+    return gcw, tl.sum(gcb, axis=0)
+
+
+@triton.jit
+def _router_gu_kernel(u_ptr, cw_ptr, cb_ptr, aux_ptr, gu_ptr, pc_ptr, h, P, CH,
+                      BH: tl.constexpr, BP: tl.constexpr):
+    """Split samples: grad_u of chunk k = program_id(0) of sample n = program_id(1), from
+    the sample's row of aux (gpool, m, s, gpool . pooled); its compress_w / compress_b
+    partials as row n S + k of pc (h + 1 columns)."""
+    k = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1).to(tl.int64)
+    S = tl.num_programs(0)
+    c = tl.arange(0, BH)
+    cmask = c < h
+    cw = tl.load(cw_ptr + c, mask=cmask, other=0.0)
+    cb = tl.load(cb_ptr)
+    row = aux_ptr + n * (h + 3)
+    gpool = tl.load(row + c, mask=cmask, other=0.0)
+    m = tl.load(row + h)
+    inv_s = 1.0 / tl.load(row + h + 1)
+    dot = tl.load(row + h + 2)
+    lo = k * CH
+    hi = tl.minimum(lo + CH, P)
+    gcw, gcb = _grad_pixels(u_ptr, gu_ptr, n * h * P, P, lo, hi, c, cmask, cw, cb, m, inv_s, gpool, dot, BH, BP)
+    out = pc_ptr + (n * S + k) * (h + 1)
+    tl.store(out + c, gcw, mask=cmask)
+    tl.store(out + h, gcb)
+
+
+@triton.jit
 def _router_bwd_kernel(gcs_ptr, gcg_ptr, u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr, p2w_ptr, p2b_ptr, gm_ptr,
-                c1w_ptr, c1b_ptr, c3w_ptr, c3b_ptr, gu_ptr, ggm_ptr, part_ptr, h, P, PH, Q, K,
-                BH: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr):
+                c1w_ptr, c1b_ptr, c3w_ptr, c3b_ptr, gu_ptr, ggm_ptr, part_ptr, st_ptr, aux_ptr, h, P, PH, Q, K, S,
+                SPLIT: tl.constexpr, BH: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr):
     """grad_u and grad_gmean of one sample; its parameter-gradient partials as row n of
     part (K columns: compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, ci1_w,
-    ci1_b, ci3_w, ci3_b, each flattened)."""
+    ci1_b, ci3_w, ci3_b, each flattened). SPLIT: the softmax statistics come from the
+    chunks' (st), and instead of grad_u and the compress_w / compress_b partials, the
+    sample's row of aux (gpool, m, s, gpool . pooled) is written for _router_gu_kernel."""
     n, c, cmask, j, jp, jq = _lanes(h, PH, Q, BH, BJ)
     o_cb = h
     o_p0w = o_cb + 1
@@ -121,7 +234,7 @@ def _router_bwd_kernel(gcs_ptr, gcg_ptr, u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr
     base = n * h * P
     cw = tl.load(cw_ptr + c, mask=cmask, other=0.0)
     cb = tl.load(cb_ptr)
-    m, s, pooled = _softmax_pool(u_ptr, base, P, cw, cb, c, cmask, BH, BP)
+    m, s, pooled = _softmax_pool(u_ptr, st_ptr, n, h, P, S, cw, cb, c, cmask, SPLIT, BH, BP)
     # cs = proj2(gelu(proj0(pooled)))
     pmask = jp[:, None] & cmask[None, :]
     w0 = tl.load(p0w_ptr + j[:, None] * h + c[None, :], mask=pmask, other=0.0)
@@ -139,19 +252,16 @@ def _router_bwd_kernel(gcs_ptr, gcg_ptr, u_ptr, cw_ptr, cb_ptr, p0w_ptr, p0b_ptr
     # pooled = sum_p a_p u_p, a = softmax(compress_w . u + compress_b):
     # grad_s_p = a_p (gpool . u_p - sum_q a_q gpool . u_q), the sum being gpool . pooled
     dot = tl.sum(gpool * pooled, axis=0)
-    inv_s = 1.0 / s
-    gcw = tl.zeros((BH,), tl.float32)
-    gcb = tl.zeros((BP,), tl.float32)
-    for p0 in range(0, P, BP):
-        p, pm, ut, sc = _tile(u_ptr, base, P, p0, c, cmask, cw, cb, BP)
-        a = tl.where(pm, tl.exp(sc - m) * inv_s, 0.0)
-        gs = a * (tl.sum(ut * gpool[:, None], axis=0) - dot)
-        gu = gpool[:, None] * a[None, :] + cw[:, None] * gs[None, :]
-        tl.store(gu_ptr + base + c[:, None].to(tl.int64) * P + p[None, :], gu, mask=cmask[:, None] & pm[None, :])
-        gcw += tl.sum(ut * gs[None, :], axis=1)
-        gcb += gs
-    tl.store(part + c, gcw, mask=cmask)
-    tl.store(part + o_cb, tl.sum(gcb, axis=0))
+    if SPLIT:
+        row = aux_ptr + n * (h + 3)
+        tl.store(row + c, gpool, mask=cmask)
+        tl.store(row + h, m)
+        tl.store(row + h + 1, s)
+        tl.store(row + h + 2, dot)
+    else:
+        gcw, gcb = _grad_pixels(u_ptr, gu_ptr, base, P, 0, P, c, cmask, cw, cb, m, 1.0 / s, gpool, dot, BH, BP)
+        tl.store(part + c, gcw, mask=cmask)
+        tl.store(part + o_cb, gcb)
     # cg = sigmoid(ci3(gelu(ci1(gmean))))
     qmask = jq[:, None] & cmask[None, :]
     gm = tl.load(gm_ptr + n * h + c, mask=cmask, other=0.0)
@@ -204,6 +314,27 @@ def _blocks(u, proj0_w, ci1_w):
     return BH, BJ, _config(BH, BJ)
 
 
+def _split(N, P, BP, device):
+    """(chunks per sample S, pixels per chunk): S = 1 keeps each sample in one program."""
+    iters = cm.cdiv(P, BP)
+    if iters <= SPLIT_MIN_ITERS:
+        return 1, P
+    target = 2 * cm.sm_count(device) if device.type == "cuda" else 4
+    S = max(1, min(cm.cdiv(iters, CHUNK_ITERS), cm.cdiv(target, N)))
+    CH = cm.cdiv(cm.cdiv(P, S), BP) * BP  # whole tiles, so no chunk is empty
+    S = cm.cdiv(P, CH)
+    return (1, P) if S == 1 else (S, CH)
+
+
+def _chunk_stats_into(args, N, h, P, S, CH, BH, BP):
+    """st (N, S, h + 2): the chunks' softmax statistics (_router_part_kernel)."""
+    u = args[0]
+    st = cm.new((N, S, h + 2), u.device)
+    _router_part_kernel[(S, N)](u, args[1], args[2], st, h, P, CH, BH=BH, BP=BP,
+                                **cm.opts(cm.ROUTER_CONFIGS[BH]))
+    return st
+
+
 def forward(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean, ci1_w, ci1_b, ci3_w, ci3_b):
     _check("router", u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean, ci1_w, ci1_b, ci3_w, ci3_b)
     args = [cm.f32(t, name) for t, name in zip(
@@ -216,9 +347,11 @@ def forward(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean
     P = u.shape[2] * u.shape[3]
     cs = cm.new((N, h), u.device)
     cg = cm.new((N, h), u.device)
+    S, CH = _split(N, P, cfg["BP"], u.device)
     with cm.device_guard(u):
-        _router_fwd_kernel[(N,)](*args, cs, cg, h, P, proj0_w.shape[0], ci1_w.shape[0],
-                                 BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
+        st = _chunk_stats_into(args, N, h, P, S, CH, BH, cfg["BP"]) if S > 1 else cs  # cs: not read
+        _router_fwd_kernel[(N,)](*args, cs, cg, st, h, P, proj0_w.shape[0], ci1_w.shape[0], S,
+                                 SPLIT=S > 1, BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
     return cs, cg
 
 
@@ -242,11 +375,26 @@ def backward(grad_cs, grad_cg, u, compress_w, compress_b, proj0_w, proj0_b, proj
     grad_gmean = cm.new((N, h), u.device)
     part = cm.new((N, K), u.device)
     pgrads = [cm.new(t.shape, u.device) for t in params]
+    S, CH = _split(N, P, cfg["BP"], u.device)
     with cm.device_guard(u):
-        _router_bwd_kernel[(N,)](*grads, *args, grad_u, grad_gmean, part, h, P, proj0_w.shape[0],
-                                 ci1_w.shape[0], K, BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
-        cm.colsum(part, pgrads[:5])
-        cm.colsum(part, pgrads[5:], start=sum(t.numel() for t in params[:5]))
+        if S > 1:
+            st = _chunk_stats_into(args, N, h, P, S, CH, BH, cfg["BP"])
+            aux = cm.new((N, h + 3), u.device)
+        else:
+            st = aux = part  # not read
+        _router_bwd_kernel[(N,)](*grads, *args, grad_u, grad_gmean, part, st, aux, h, P, proj0_w.shape[0],
+                                 ci1_w.shape[0], K, S, SPLIT=S > 1, BH=BH, BJ=BJ, BP=cfg["BP"], **cm.opts(cfg))
+        if S > 1:
+            # compress_w / compress_b from the chunks' partials; the rest from the samples'
+            pc = cm.new((N * S, h + 1), u.device)
+            _router_gu_kernel[(S, N)](args[0], args[1], args[2], aux, grad_u, pc, h, P, CH, BH=BH, BP=cfg["BP"],
+                                      **cm.opts(cm.ROUTER_CONFIGS[BH]))
+            cm.colsum(pc, pgrads[:2])
+            cm.colsum(part, pgrads[2:7], start=h + 1)
+            cm.colsum(part, pgrads[7:], start=sum(t.numel() for t in params[:7]))
+        else:
+            cm.colsum(part, pgrads[:5])
+            cm.colsum(part, pgrads[5:], start=sum(t.numel() for t in params[:5]))
     return (grad_u, grad_gmean, *pgrads)
 
 
@@ -256,13 +404,22 @@ def backward(grad_cs, grad_cg, u, compress_w, compress_b, proj0_w, proj0_b, proj
 def compile_specs():
     names = ["u_ptr", "cw_ptr", "cb_ptr", "p0w_ptr", "p0b_ptr", "p2w_ptr", "p2b_ptr", "gm_ptr",
              "c1w_ptr", "c1b_ptr", "c3w_ptr", "c3b_ptr"]
-    fwd = {k: "*fp32" for k in names + ["cs_ptr", "cg_ptr"]}
-    fwd.update(h="i32", P="i32", PH="i32", Q="i32")
-    bwd = {k: "*fp32" for k in ["gcs_ptr", "gcg_ptr"] + names + ["gu_ptr", "ggm_ptr", "part_ptr"]}
-    bwd.update(h="i32", P="i32", PH="i32", Q="i32", K="i32")
+    fwd = {k: "*fp32" for k in names + ["cs_ptr", "cg_ptr", "st_ptr"]}
+    fwd.update(h="i32", P="i32", PH="i32", Q="i32", S="i32")
+    bwd = {k: "*fp32" for k in ["gcs_ptr", "gcg_ptr"] + names + ["gu_ptr", "ggm_ptr", "part_ptr", "st_ptr", "aux_ptr"]}
+    bwd.update(h="i32", P="i32", PH="i32", Q="i32", K="i32", S="i32")
     for BH in cm.HIDDEN_BLOCKS:
         for BJ in (8, 16, MAX_J):
             cfg = _config(BH, BJ)
-            const = dict(BH=BH, BJ=BJ, BP=cfg["BP"])
-            yield (f"router._router_fwd_kernel[BH={BH},BJ={BJ}]", _router_fwd_kernel, fwd, const, cm.opts(cfg))
-            yield (f"router._router_bwd_kernel[BH={BH},BJ={BJ}]", _router_bwd_kernel, bwd, const, cm.opts(cfg))
+            for split in (False, True):
+                const = dict(SPLIT=split, BH=BH, BJ=BJ, BP=cfg["BP"])
+                tag = f"BH={BH},BJ={BJ}" + (",SPLIT" if split else "")
+                yield (f"router._router_fwd_kernel[{tag}]", _router_fwd_kernel, fwd, const, cm.opts(cfg))
+                yield (f"router._router_bwd_kernel[{tag}]", _router_bwd_kernel, bwd, const, cm.opts(cfg))
+        cfg = cm.ROUTER_CONFIGS[BH]
+        const = dict(BH=BH, BP=cfg["BP"])
+        sig = dict(u_ptr="*fp32", cw_ptr="*fp32", cb_ptr="*fp32", st_ptr="*fp32", h="i32", P="i32", CH="i32")
+        yield (f"router._router_part_kernel[BH={BH}]", _router_part_kernel, sig, const, cm.opts(cfg))
+        sig = dict(u_ptr="*fp32", cw_ptr="*fp32", cb_ptr="*fp32", aux_ptr="*fp32", gu_ptr="*fp32", pc_ptr="*fp32",
+                   h="i32", P="i32", CH="i32")
+        yield (f"router._router_gu_kernel[BH={BH}]", _router_gu_kernel, sig, const, cm.opts(cfg))
