@@ -172,8 +172,9 @@ def test_gate_kernels_store_hermitian_columns(H, W):
     for a, b in zip(herm[1:], plain[1:]):
         assert torch.equal(a, b)
     assert not torch.equal(_hermitian_part(G, W), G)  # the test can fail
-    torch.testing.assert_close(torch.fft.irfft2(torch.view_as_complex(G_h.double().contiguous()), s=(H, W), norm="ortho"),
-                               irfft2(torch.view_as_complex(G.double().contiguous()), H, W), rtol=1e-6, atol=1e-6)
+    as_complex = lambda t: torch.view_as_complex(t.double().contiguous())  # noqa: E731
+    torch.testing.assert_close(torch.fft.irfft2(as_complex(G_h), s=(H, W), norm="ortho"),
+                               irfft2(as_complex(G), H, W), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=f"not that of a plane {W + 2} wide"):
         gate_forward(*dev[:5], hermitian_width=W + 2)
     with pytest.raises(ValueError, match="hermitian needs weights_of_width"):
