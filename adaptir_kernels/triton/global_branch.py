@@ -6,7 +6,8 @@ H, so the inverse transforms are plain torch.fft.irfft2 calls that follow SPEC 4
 cuFFT too (what adaptir_kernels.spectrum.irfft2 does with ATen ops for the other paths).
 
 Forward:  rfft2 -> _gate_fwd_kernel -> irfft2 -> _abs_mean_kernel (g = |y|, mean of g,
-          the signs of y packed 8 to a byte).
+          the signs of y packed 8 to a byte; planes of a whole image are split into
+          chunks, whose sums _row_mean_kernel adds).
 Backward: the spectrum is recomputed from u (rfft2);
           _sign_bits_kernel: grad_y = (grad_g + grad_gmean / HW) * sign(y), sign(y) from g
           and the packed signs (without them, y is recomputed: gate, irfft2, _sign_kernel);
@@ -28,16 +29,21 @@ from .spectral_gate import gate_backward_into, gate_forward
 
 
 @triton.jit
-def _abs_mean_kernel(y_ptr, g_ptr, gmean_ptr, sign_ptr, HW, NB, BLOCK: tl.constexpr):
-    """One plane: g = |y|, its mean, and the signs of y packed 8 to a byte (bit k of
-    byte i set where y[8 i + k] < 0; BLOCK is a multiple of 8)."""
+def _abs_mean_kernel(y_ptr, g_ptr, out_ptr, sign_ptr, HW, NB, CH, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+    """Chunk program_id(1) (elements CH k .. CH k + CH - 1; CH a multiple of BLOCK) of plane
+    program_id(0): g = |y|, the signs of y packed 8 to a byte (bit k of byte i set where
+    y[8 i + k] < 0; BLOCK is a multiple of 8), and the plane's mean of g into out, or
+    (SPLIT) the chunk's sum into out[plane, k] for _row_mean_kernel."""
     plane = tl.program_id(0).to(tl.int64)
+    k = tl.program_id(1)
     base = plane * HW
+    lo = k * CH
+    hi = tl.minimum(lo + CH, HW)
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     weights = (1 << tl.arange(0, 8)).to(tl.int32)
-    for s0 in range(0, HW, BLOCK):
+    for s0 in range(lo, hi, BLOCK):
         e = s0 + tl.arange(0, BLOCK)
-        m = e < HW
+        m = e < hi
         y = tl.load(y_ptr + base + e, mask=m, other=0.0)
         v = tl.abs(y)
         tl.store(g_ptr + base + e, v, mask=m)
@@ -46,7 +52,19 @@ def _abs_mean_kernel(y_ptr, g_ptr, gmean_ptr, sign_ptr, HW, NB, BLOCK: tl.conste
         packed = tl.sum(neg * weights[None, :], axis=1)
         b = s0 // 8 + tl.arange(0, BLOCK // 8)
         tl.store(sign_ptr + plane * NB + b, packed.to(tl.uint8), mask=b < NB)
-    tl.store(gmean_ptr + plane, tl.sum(acc, axis=0) / tl.cast(HW, tl.float32))
+    if SPLIT:
+        tl.store(out_ptr + plane * tl.num_programs(1) + k, tl.sum(acc, axis=0))
+    else:
+        tl.store(out_ptr + plane, tl.sum(acc, axis=0) / tl.cast(HW, tl.float32))
+
+
+@triton.jit
+def _row_mean_kernel(part_ptr, out_ptr, C, HW, BC: tl.constexpr):
+    """out[plane] = the sum of part[plane, :C] (C <= BC chunk sums) / HW."""
+    plane = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BC)
+    v = tl.load(part_ptr + plane * C + i, mask=i < C, other=0.0)
+    tl.store(out_ptr + plane, tl.sum(v, axis=0) / tl.cast(HW, tl.float32))
 
 
 @triton.jit
@@ -76,6 +94,26 @@ def _sign_bits_kernel(gg_ptr, ggm_ptr, g_ptr, sign_ptr, out_ptr, total, HW, NB, 
     tl.store(out_ptr + i, gy * sgn, mask=m)
 
 
+# Planes of more than SPLIT_MIN_ITERS blocks (a whole image at N = 1) are cut into chunks
+# of CHUNK_ITERS blocks, at most MAX_CHUNKS per plane and about two programs per SM in all.
+SPLIT_MIN_ITERS = 32
+CHUNK_ITERS = 16
+MAX_CHUNKS = 64
+_ROW_MEAN_CONFIG = dict(num_warps=1)
+
+
+def _chunks(planes, HW, BLOCK, device):
+    """(chunks per plane C, elements per chunk, a multiple of BLOCK) for _abs_mean_kernel."""
+    iters = cm.cdiv(HW, BLOCK)
+    if iters <= SPLIT_MIN_ITERS:
+        return 1, HW
+    target = 2 * cm.sm_count(device) if device.type == "cuda" else 4
+    C = max(1, min(cm.cdiv(iters, CHUNK_ITERS), cm.cdiv(target, planes), MAX_CHUNKS))
+    CH = cm.cdiv(iters, C) * BLOCK
+    C = cm.cdiv(HW, CH)
+    return (1, HW) if C == 1 else (C, CH)
+
+
 def _spectrum(u):
     return rfft2_real(u)
 
@@ -103,8 +141,16 @@ def forward(u, amp_w, amp_b, pha_w, pha_b):
     nb = (H * W + 7) // 8
     sign = cm.new((N, h, nb), u.device, dtype=torch.uint8)
     fc = cm.FLAT_CONFIG
+    C, CH = _chunks(N * h, H * W, fc["BLOCK"], u.device)
     with cm.device_guard(u):
-        _abs_mean_kernel[(N * h,)](y, g, gmean, sign, H * W, nb, BLOCK=fc["BLOCK"], **cm.opts(fc))
+        if C == 1:
+            _abs_mean_kernel[(N * h, 1)](y, g, gmean, sign, H * W, nb, CH, SPLIT=False, BLOCK=fc["BLOCK"],
+                                         **cm.opts(fc))
+        else:
+            part = cm.new((N * h, C), u.device)
+            _abs_mean_kernel[(N * h, C)](y, g, part, sign, H * W, nb, CH, SPLIT=True, BLOCK=fc["BLOCK"],
+                                         **cm.opts(fc))
+            _row_mean_kernel[(N * h,)](part, gmean, C, H * W, BC=MAX_CHUNKS, **cm.opts(_ROW_MEAN_CONFIG))
     return g, gmean, sign
 
 
@@ -141,8 +187,12 @@ def backward(grad_g, grad_gmean, u, g, sign, amp_w, amp_b, pha_w, pha_b):
 
 def compile_specs():
     fc = cm.FLAT_CONFIG
-    sig = dict(y_ptr="*fp32", g_ptr="*fp32", gmean_ptr="*fp32", sign_ptr="*u8", HW="i32", NB="i32")
-    yield ("global_branch._abs_mean_kernel", _abs_mean_kernel, sig, dict(BLOCK=fc["BLOCK"]), cm.opts(fc))
+    sig = dict(y_ptr="*fp32", g_ptr="*fp32", out_ptr="*fp32", sign_ptr="*u8", HW="i32", NB="i32", CH="i32")
+    for split in (False, True):
+        yield (f"global_branch._abs_mean_kernel[SPLIT={split}]", _abs_mean_kernel, sig,
+               dict(SPLIT=split, BLOCK=fc["BLOCK"]), cm.opts(fc))
+    sig = dict(part_ptr="*fp32", out_ptr="*fp32", C="i32", HW="i32")
+    yield ("global_branch._row_mean_kernel", _row_mean_kernel, sig, dict(BC=MAX_CHUNKS), cm.opts(_ROW_MEAN_CONFIG))
     sig = dict(gg_ptr="*fp32", ggm_ptr="*fp32", g_ptr="*fp32", sign_ptr="*u8", out_ptr="*fp32", total="i32",
                HW="i32", NB="i32")
     yield ("global_branch._sign_bits_kernel", _sign_bits_kernel, sig, dict(BLOCK=fc["BLOCK"]), cm.opts(fc))
