@@ -56,9 +56,9 @@ def test_parity_single_pixel(backend):
 def test_triton_split_samples(monkeypatch, N, H, W, h):
     """Samples split into pixel chunks (what a whole image at N = 1 gets on a GPU), forced
     here on small planes: chunks of whole tiles, the last one partial, 1-3 samples."""
-    from adaptir_kernels.backends import available_backends
+    from op_cases import DEVICE, backends
 
-    if "triton" not in available_backends(torch.device("cpu")) and not torch.cuda.is_available():
+    if "triton" not in backends():
         pytest.skip("backend 'triton' does not run here")
     from adaptir_kernels.triton import _common as cm
     from adaptir_kernels.triton import router as tr
@@ -66,7 +66,7 @@ def test_triton_split_samples(monkeypatch, N, H, W, h):
     monkeypatch.setattr(tr, "SPLIT_MIN_ITERS", 0)
     monkeypatch.setattr(tr, "CHUNK_ITERS", 1)
     BP = cm.ROUTER_CONFIGS[cm.hidden_block(h)]["BP"]
-    S, CH = tr._split(N, H * W, BP, torch.device("cpu"))
+    S, CH = tr._split(N, H * W, BP, DEVICE)
     assert S > 1 and CH % BP == 0 and (S - 1) * CH < H * W <= S * CH  # the test runs the split path
     seen = []
     for name in ("_router_part_kernel", "_router_gu_kernel"):
