@@ -127,18 +127,22 @@ def _softmax_pool(u_ptr, st_ptr, n, h, P, S, cw, cb, c, cmask, SPLIT: tl.constex
 
 
 @triton.jit
+def _chunk_lanes(cw_ptr, cb_ptr, h, P, CH, BH: tl.constexpr):
+    """A chunk program's chunk k = program_id(0) and sample n = program_id(1), the number
+    of chunks S, the channel lanes and mask, compress_w and _b, and the pixel range."""
+    k = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, BH)
+    cmask = c < h
+    lo = k * CH
+    return (k, tl.program_id(1).to(tl.int64), tl.num_programs(0), c, cmask, tl.load(cw_ptr + c, mask=cmask, other=0.0),
+            tl.load(cb_ptr), lo, tl.minimum(lo + CH, P))
+
+
+@triton.jit
 def _router_part_kernel(u_ptr, cw_ptr, cb_ptr, st_ptr, h, P, CH, BH: tl.constexpr, BP: tl.constexpr):
     """Chunk k = program_id(0) (pixels k CH .. k CH + CH - 1) of sample n = program_id(1):
     its softmax statistics as row n S + k of st (h + 2 columns)."""
-    k = tl.program_id(0).to(tl.int64)
-    n = tl.program_id(1).to(tl.int64)
-    S = tl.num_programs(0)
-    c = tl.arange(0, BH)
-    cmask = c < h
-    cw = tl.load(cw_ptr + c, mask=cmask, other=0.0)
-    cb = tl.load(cb_ptr)
-    lo = k * CH
-    hi = tl.minimum(lo + CH, P)
+    k, n, S, c, cmask, cw, cb, lo, hi = _chunk_lanes(cw_ptr, cb_ptr, h, P, CH, BH)
     m, s, pooled = _chunk_stats(u_ptr, n * h * P, P, lo, hi, cw, cb, c, cmask, BH, BP)
     row = st_ptr + (n * S + k) * (h + 2)
     tl.store(row + c, pooled, mask=cmask)
@@ -191,20 +195,12 @@ def _router_gu_kernel(u_ptr, cw_ptr, cb_ptr, aux_ptr, gu_ptr, pc_ptr, h, P, CH,
     """Split samples: grad_u of chunk k = program_id(0) of sample n = program_id(1), from
     the sample's row of aux (gpool, m, s, gpool . pooled); its compress_w / compress_b
     partials as row n S + k of pc (h + 1 columns)."""
-    k = tl.program_id(0).to(tl.int64)
-    n = tl.program_id(1).to(tl.int64)
-    S = tl.num_programs(0)
-    c = tl.arange(0, BH)
-    cmask = c < h
-    cw = tl.load(cw_ptr + c, mask=cmask, other=0.0)
-    cb = tl.load(cb_ptr)
+    k, n, S, c, cmask, cw, cb, lo, hi = _chunk_lanes(cw_ptr, cb_ptr, h, P, CH, BH)
     row = aux_ptr + n * (h + 3)
     gpool = tl.load(row + c, mask=cmask, other=0.0)
     m = tl.load(row + h)
     inv_s = 1.0 / tl.load(row + h + 1)
     dot = tl.load(row + h + 2)
-    lo = k * CH
-    hi = tl.minimum(lo + CH, P)
     gcw, gcb = _grad_pixels(u_ptr, gu_ptr, n * h * P, P, lo, hi, c, cmask, cw, cb, m, inv_s, gpool, dot, BH, BP)
     out = pc_ptr + (n * S + k) * (h + 1)
     tl.store(out + c, gcw, mask=cmask)
