@@ -15,10 +15,10 @@ function of the image and the seed (see `rng_for`).
   `clip=True, rounds=True`), truncated to uint8 (numpy's float-to-uint8 cast, what
   AdaptIR's pipeline does for training and for the lr4_noise30 test set), or not
   quantised: float32 in [0, 1], the package's convention for float images (AdaptIR's
-  denoising test sets). The noise tasks follow
-  AdaptIR's protocol (`Task.noise_train`, `Task.noise_eval`), so scores and trained
-  adapters compare with the published ones; the difference is small (truncation lowers
-  values by half a level on average: at most a few hundredths of a dB).
+  denoising test sets). The noise tasks follow AdaptIR's protocol (`Task.noise_train`,
+  `Task.noise_eval`), so that scores and trained adapters compare with the published
+  ones; the difference is small (truncation lowers values by half a level on average:
+  at most a few hundredths of a dB).
 - `jpeg_compress`: Pillow's JPEG encoder at quality q (4:2:0 chroma subsampling, as
   Pillow and OpenCV both default to), decoded back to RGB.
 - Hybrids: lr4_noise30 = bicubic x4 then noise sigma 30; lr4_jpeg30 = bicubic x4 then
