@@ -180,7 +180,7 @@ def test_triton_split_planes(monkeypatch, N, H, W, h):
     whole = op.global_branch(u, *p, "triton")
     monkeypatch.setattr(tg, "SPLIT_MIN_ITERS", 0)
     monkeypatch.setattr(tg, "CHUNK_ITERS", 1)
-    C, CH = tg._chunks(N * h, H * W, tg.cm.FLAT_CONFIG["BLOCK"], u.device)
+    C, CH = tg.cm.chunks(N * h, H * W, tg.cm.FLAT_CONFIG["BLOCK"], u.device, 0, 1, tg.MAX_CHUNKS)
     assert C > 1 and CH % 8 == 0 and (C - 1) * CH < H * W  # the split path runs, chunks whole bytes
     split = op.global_branch(u, *p, "triton")
     assert torch.equal(split[0], whole[0]) and torch.equal(split[2], whole[2])

@@ -66,7 +66,7 @@ def test_triton_split_samples(monkeypatch, N, H, W, h):
     monkeypatch.setattr(tr, "SPLIT_MIN_ITERS", 0)
     monkeypatch.setattr(tr, "CHUNK_ITERS", 1)
     BP = cm.ROUTER_CONFIGS[cm.hidden_block(h)]["BP"]
-    S, CH = tr._split(N, H * W, BP, DEVICE)
+    S, CH = cm.chunks(N, H * W, BP, DEVICE, tr.SPLIT_MIN_ITERS, tr.CHUNK_ITERS)
     assert S > 1 and CH % BP == 0 and (S - 1) * CH < H * W <= S * CH  # the test runs the split path
     seen = []
     for name in ("_router_part_kernel", "_router_gu_kernel"):

@@ -10,6 +10,8 @@ padded hidden width BH; `compile_check.py` compiles every entry for sm_80 and sm
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -288,6 +290,23 @@ def sm_count(device: torch.device) -> int:
     if idx not in _SM_COUNT:
         _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _SM_COUNT[idx]
+
+
+def chunks(count: int, length: int, block: int, device: torch.device, min_iters: int, chunk_iters: int,
+           max_chunks: Optional[int] = None):
+    """How to cut each of `count` rows of `length` elements, walked in blocks of `block`,
+    over several programs: (chunks per row, elements per chunk, a multiple of block).
+    A row of at most `min_iters` blocks stays one program's, (1, length); longer rows get
+    chunks of about `chunk_iters` blocks, at most max_chunks per row and about two programs
+    per SM in all (four under the CPU interpreter). No chunk is empty."""
+    iters = cdiv(length, block)
+    if iters <= min_iters:
+        return 1, length
+    target = 2 * sm_count(device) if device.type == "cuda" else 4
+    n = max(1, min(cdiv(iters, chunk_iters), cdiv(target, count), max_chunks or iters))
+    size = cdiv(iters, n) * block
+    n = cdiv(length, size)
+    return (1, length) if n == 1 else (n, size)
 
 
 def row_groups(R: int, nchunks: int, RS: int, device: torch.device):

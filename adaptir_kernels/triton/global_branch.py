@@ -102,18 +102,6 @@ MAX_CHUNKS = 64
 _ROW_MEAN_CONFIG = dict(num_warps=1)
 
 
-def _chunks(planes, HW, BLOCK, device):
-    """(chunks per plane C, elements per chunk, a multiple of BLOCK) for _abs_mean_kernel."""
-    iters = cm.cdiv(HW, BLOCK)
-    if iters <= SPLIT_MIN_ITERS:
-        return 1, HW
-    target = 2 * cm.sm_count(device) if device.type == "cuda" else 4
-    C = max(1, min(cm.cdiv(iters, CHUNK_ITERS), cm.cdiv(target, planes), MAX_CHUNKS))
-    CH = cm.cdiv(iters, C) * BLOCK
-    C = cm.cdiv(HW, CH)
-    return (1, HW) if C == 1 else (C, CH)
-
-
 def _spectrum(u):
     return rfft2_real(u)
 
@@ -141,7 +129,7 @@ def forward(u, amp_w, amp_b, pha_w, pha_b):
     nb = (H * W + 7) // 8
     sign = cm.new((N, h, nb), u.device, dtype=torch.uint8)
     fc = cm.FLAT_CONFIG
-    C, CH = _chunks(N * h, H * W, fc["BLOCK"], u.device)
+    C, CH = cm.chunks(N * h, H * W, fc["BLOCK"], u.device, SPLIT_MIN_ITERS, CHUNK_ITERS, MAX_CHUNKS)
     with cm.device_guard(u):
         if C == 1:
             _abs_mean_kernel[(N * h, 1)](y, g, gmean, sign, H * W, nb, CH, SPLIT=False, BLOCK=fc["BLOCK"],

@@ -17,7 +17,7 @@ Backward (`_router_bwd_kernel`): the same recomputed, then the MLP gradients, gr
     per-sample partials, summed in a fixed order by `_common.colsum` (two launches of
     five outputs each).
 
-Split samples (`_splits`: more than SPLIT_MIN_ITERS pixel tiles per sample): the pixels
+Split samples (`_common.chunks`: more than SPLIT_MIN_ITERS pixel tiles per sample): the pixels
 are cut into S chunks of CHUNK_ITERS tiles, and `_router_part_kernel` (S x N programs)
 writes each chunk's softmax statistics (its maximum score, its sum of exponentials and
 its unnormalised pooled vector), which the per-sample kernels combine (the maximum of
@@ -310,18 +310,6 @@ def _blocks(u, proj0_w, ci1_w):
     return BH, BJ, _config(BH, BJ)
 
 
-def _split(N, P, BP, device):
-    """(chunks per sample S, pixels per chunk): S = 1 keeps each sample in one program."""
-    iters = cm.cdiv(P, BP)
-    if iters <= SPLIT_MIN_ITERS:
-        return 1, P
-    target = 2 * cm.sm_count(device) if device.type == "cuda" else 4
-    S = max(1, min(cm.cdiv(iters, CHUNK_ITERS), cm.cdiv(target, N)))
-    CH = cm.cdiv(cm.cdiv(P, S), BP) * BP  # whole tiles, so no chunk is empty
-    S = cm.cdiv(P, CH)
-    return (1, P) if S == 1 else (S, CH)
-
-
 def _chunk_stats_into(args, N, h, P, S, CH, BH, BP):
     """st (N, S, h + 2): the chunks' softmax statistics (_router_part_kernel)."""
     u = args[0]
@@ -343,7 +331,7 @@ def forward(u, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b, gmean
     P = u.shape[2] * u.shape[3]
     cs = cm.new((N, h), u.device)
     cg = cm.new((N, h), u.device)
-    S, CH = _split(N, P, cfg["BP"], u.device)
+    S, CH = cm.chunks(N, P, cfg["BP"], u.device, SPLIT_MIN_ITERS, CHUNK_ITERS)
     with cm.device_guard(u):
         st = _chunk_stats_into(args, N, h, P, S, CH, BH, cfg["BP"]) if S > 1 else cs  # cs: not read
         _router_fwd_kernel[(N,)](*args, cs, cg, st, h, P, proj0_w.shape[0], ci1_w.shape[0], S,
@@ -371,7 +359,7 @@ def backward(grad_cs, grad_cg, u, compress_w, compress_b, proj0_w, proj0_b, proj
     grad_gmean = cm.new((N, h), u.device)
     part = cm.new((N, K), u.device)
     pgrads = [cm.new(t.shape, u.device) for t in params]
-    S, CH = _split(N, P, cfg["BP"], u.device)
+    S, CH = cm.chunks(N, P, cfg["BP"], u.device, SPLIT_MIN_ITERS, CHUNK_ITERS)
     with cm.device_guard(u):
         if S > 1:
             st = _chunk_stats_into(args, N, h, P, S, CH, BH, cfg["BP"])
