@@ -9,13 +9,15 @@
 namespace {
 
 PyObject* cpu_isa(PyObject*, PyObject*) {
-  return PyUnicode_FromString(adaptir::cpu::cpu_has_avx2_fma() ? "avx2" : "baseline");
+  return PyUnicode_FromString(adaptir::cpu::cpu_isa_name());
 }
 
 PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS,
-     "Instruction set of the CPU kernels that have two builds: 'avx2' (AVX2+FMA) or "
-     "'baseline' (the CPU lacks them, or ADAPTIR_CPU_AVX2=0 was set)."},
+     "Instruction set of the CPU vector kernels: 'avx512' (the skinny products in "
+     "AVX-512, the other vector kernels in AVX2+FMA), 'avx2' (all in AVX2+FMA: the CPU "
+     "lacks AVX-512F/VL, or ADAPTIR_CPU_AVX512=0 was set) or 'baseline' (the CPU lacks "
+     "AVX2/FMA, or ADAPTIR_CPU_AVX2=0 was set)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

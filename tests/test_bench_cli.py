@@ -40,7 +40,7 @@ def test_bench_tiny_table_and_json(tmp_path, monkeypatch, capsys):
     assert [c["shape"] for c in res["check"]] == ["check-nhwc", "check-lnc", "check-fft"]
     assert "revision" in env
     if cpp_available():
-        assert env["cpu_isa"] == _ext.require().cpu_isa() in ("avx2", "baseline")
+        assert env["cpu_isa"] == _ext.require().cpu_isa() in ("avx512", "avx2", "baseline")
         assert f"C++ vector kernels: {env['cpu_isa']}" in md.read_text()
     else:
         assert env["cpu_isa"] is None

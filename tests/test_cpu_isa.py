@@ -1,8 +1,9 @@
-"""The C++ kernels that have two builds (AVX2+FMA and baseline x86-64: the skinny
-products, the small FFTs, the local branch's tiles and combine_out's backward rows)
-pass the C++ parity tests with either. A machine with AVX2 runs only the AVX2 build
-unless ADAPTIR_CPU_AVX2=0 selects the baseline one, which these tests do in a child
-process."""
+"""The C++ kernels that have several builds (AVX2+FMA and baseline x86-64: the skinny
+products, the small FFTs, the local branch's tiles and combine_out's backward rows; and
+AVX-512: the skinny products) pass the C++ parity tests with each. A machine runs only
+its best build unless ADAPTIR_CPU_AVX512=0 (AVX2) or ADAPTIR_CPU_AVX2=0 (baseline) selects
+another, which these tests do in child processes. The AVX-512 and AVX2 builds give
+bitwise equal results."""
 
 import os
 import pathlib
@@ -11,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from adaptir_kernels import _ext
 from adaptir_kernels.backends import cpp_available
@@ -55,23 +57,91 @@ def test_default_isa_follows_the_cpu():
         pytest.skip("no /proc/cpuinfo flags to compare with")
     # The AVX2 builds are compiled with GCC on x86-64 only (csrc/cpu/isa.cpp).
     has_build = platform.machine() in ("x86_64", "AMD64") and not _compiler_is_clang()
-    want = "avx2" if has_build and {"avx2", "fma"} <= flags else "baseline"
-    assert _ext.require().cpu_isa() == want
-    env = {k: v for k, v in os.environ.items() if k != "ADAPTIR_CPU_AVX2"}
+    want = "baseline"
+    if has_build and {"avx2", "fma"} <= flags:
+        want = "avx512" if {"avx512f", "avx512vl"} <= flags else "avx2"
+    env = {k: v for k, v in os.environ.items() if k not in ("ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512")}
     assert _child_isa(env) == want
+    if not {"ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512"} & set(os.environ):
+        assert _ext.require().cpu_isa() == want
 
 
 def test_env_selects_the_baseline_build():
     assert _child_isa(dict(os.environ, ADAPTIR_CPU_AVX2="0")) == "baseline"
+    assert _child_isa(dict(os.environ, ADAPTIR_CPU_AVX2="0", ADAPTIR_CPU_AVX512="1")) == "baseline"
 
 
-def test_cpp_parity_tests_pass_on_the_baseline_build(tmp_path):
-    if os.environ.get("ADAPTIR_CPU_AVX2") == "0":
-        pytest.skip("this process already runs the baseline build")
-    env = dict(os.environ, ADAPTIR_CPU_AVX2="0")
+def _default_isa() -> str:
+    return _child_isa({k: v for k, v in os.environ.items() if k not in ("ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512")})
+
+
+def test_env_selects_the_avx2_build():
+    if _default_isa() == "baseline":
+        pytest.skip("this CPU or compiler has no AVX2 build to select")
+    assert _child_isa(dict(os.environ, ADAPTIR_CPU_AVX512="0")) == "avx2"
+
+
+_RUN_MODULE = """
+import sys, torch
+import adaptir_kernels._C as c
+from adaptir_kernels import AdaptIR
+torch.manual_seed(0)
+out = {"isa": c.cpu_isa()}
+for name, make, shape in [
+        ("edt", lambda: AdaptIR(180, backend="cpp"), (2, 9, 13, 180)),
+        ("ipt", lambda: AdaptIR(576, preset="ipt", layout="lnc", backend="cpp"), (36, 3, 576))]:
+    m = make()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.2)
+    x = torch.randn(shape, requires_grad=True)
+    y = m(x)
+    y.backward(torch.randn_like(y))
+    out[name] = [y.detach(), x.grad] + [p.grad for p in m.parameters()]
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_avx512_and_avx2_builds_give_bitwise_equal_modules(tmp_path):
+    """The whole fused module, forward and every gradient, at EDT and IPT widths (h = 12
+    and 24, C not a multiple of 16 at 180), is bitwise the same with either build."""
+    if _default_isa() != "avx512":
+        pytest.skip("this CPU runs no AVX-512 build (it needs AVX-512F and VL, GCC on x86-64)")
+    script = tmp_path / "run.py"
+    script.write_text(_RUN_MODULE)
+    results = {}
+    for isa, extra in (("avx512", {}), ("avx2", {"ADAPTIR_CPU_AVX512": "0"})):
+        env = {k: v for k, v in os.environ.items() if k not in ("ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512")}
+        env.update(extra)
+        subprocess.run([sys.executable, str(script), str(tmp_path / f"{isa}.pt")], env=env, check=True,
+                       capture_output=True, text=True)
+        results[isa] = torch.load(tmp_path / f"{isa}.pt")
+        assert results[isa]["isa"] == isa
+    for name in ("edt", "ipt"):
+        a, b = results["avx512"][name], results["avx2"][name]
+        assert len(a) == len(b) > 10
+        for i, (ta, tb) in enumerate(zip(a, b)):
+            assert ta.isfinite().all() and ta.abs().sum() > 0, (name, i)
+            assert ta.dtype == tb.dtype and ta.shape == tb.shape and bool((ta == tb).all()), (name, i)
+
+
+def _run_cpp_parity_tests(tmp_path, env):
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cpp",
            "--rootdir", str(TESTS.parent), *[str(TESTS / f) for f in CPP_TEST_FILES]]
     res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
     tail = (res.stdout + res.stderr)[-4000:]
     assert res.returncode == 0, tail
     assert " passed" in tail and "no tests ran" not in tail, tail
+
+
+def test_cpp_parity_tests_pass_on_the_baseline_build(tmp_path):
+    if os.environ.get("ADAPTIR_CPU_AVX2") == "0":
+        pytest.skip("this process already runs the baseline build")
+    _run_cpp_parity_tests(tmp_path, dict(os.environ, ADAPTIR_CPU_AVX2="0"))
+
+
+def test_cpp_parity_tests_pass_on_the_avx2_build(tmp_path):
+    if _ext.require().cpu_isa() != "avx512":
+        pytest.skip("this process does not run the AVX-512 build, so the AVX2 build (if any) is the one "
+                    "the rest of the suite tests")
+    _run_cpp_parity_tests(tmp_path, dict(os.environ, ADAPTIR_CPU_AVX512="0"))

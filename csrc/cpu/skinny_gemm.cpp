@@ -1,5 +1,5 @@
-// Run-time selection between the AVX2+FMA and the baseline builds of
-// skinny_gemm_impl.h.
+// Run-time selection between the AVX-512 build (skinny_gemm_avx512_impl.h), the AVX2+FMA
+// and the baseline builds of skinny_gemm_impl.h.
 #include "skinny_gemm.h"
 
 #include "isa.h"
@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -34,6 +35,12 @@ static inline void stream_copy(float* dst, const float* src, int64_t n) {
 #undef SG_ACC
 }  // namespace adaptir::cpu::gemm::avx2
 ADAPTIR_AVX2_END
+
+ADAPTIR_AVX512_BEGIN
+namespace adaptir::cpu::gemm::avx512 {
+#include "skinny_gemm_avx512_impl.h"
+}  // namespace adaptir::cpu::gemm::avx512
+ADAPTIR_AVX512_END
 #endif
 
 namespace adaptir::cpu::gemm::base {
@@ -69,8 +76,19 @@ bool uses_avx2() {
 #endif
 }
 
+bool uses_avx512() {
 #ifdef ADAPTIR_AVX2_BUILDS
-#define SG_DISPATCH(fn, ...) (uses_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+  return cpu_has_avx512();
+#else
+  return false;
+#endif
+}
+
+#ifdef ADAPTIR_AVX2_BUILDS
+#define SG_DISPATCH(fn, ...)                 \
+  (uses_avx512() ? avx512::fn(__VA_ARGS__)   \
+   : uses_avx2() ? avx2::fn(__VA_ARGS__)     \
+                 : base::fn(__VA_ARGS__))
 #else
 #define SG_DISPATCH(fn, ...) base::fn(__VA_ARGS__)
 #endif
@@ -91,6 +109,21 @@ void expand(const float* g, int64_t ldg, int64_t R, int64_t h, const float* w, i
 void outer(const float* g, int64_t ldg, int64_t R, int64_t h, const float* x, int64_t C,
            float* p) {
   SG_DISPATCH(outer_impl, g, ldg, R, h, x, C, p);
+}
+
+}  // namespace adaptir::cpu::gemm
+
+namespace adaptir::cpu::gemm {
+
+std::vector<Build> builds() {
+  std::vector<Build> out{{"baseline", &base::rows_dot_impl, &base::expand_impl, &base::outer_impl}};
+#ifdef ADAPTIR_AVX2_BUILDS
+  if (cpu_has_avx2_fma())
+    out.push_back({"avx2", &avx2::rows_dot_impl, &avx2::expand_impl, &avx2::outer_impl});
+  if (cpu_has_avx512())
+    out.push_back({"avx512", &avx512::rows_dot_impl, &avx512::expand_impl, &avx512::outer_impl});
+#endif
+  return out;
 }
 
 }  // namespace adaptir::cpu::gemm

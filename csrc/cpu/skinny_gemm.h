@@ -1,11 +1,13 @@
 // Skinny float32 matrix products for the backbone-width GEMMs of the fused operators:
 // one side is rows x C (C = backbone width, memory-bound), the other C x h with a small
 // hidden width h. Single-threaded (called per row block inside a parallel loop), with
-// a fixed summation order, so results never depend on the thread count. An AVX2+FMA
-// version is chosen at run time where the CPU has it.
+// a fixed summation order, so results never depend on the thread count. An AVX-512 or
+// AVX2+FMA version is chosen at run time where the CPU has it; the two give bitwise
+// equal results (each output element is the same chain of fused multiply-adds).
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace adaptir::cpu::gemm {
 
@@ -30,7 +32,24 @@ constexpr int64_t kStreamBytes = int64_t{16} << 20;
 void outer(const float* g, int64_t ldg, int64_t R, int64_t h, const float* x, int64_t C,
            float* p);
 
-// Whether the AVX2+FMA versions are in use.
+// Whether the AVX2+FMA versions are in use (the AVX-512 ones may be in use instead).
 bool uses_avx2();
+
+// Whether the AVX-512 versions are in use.
+bool uses_avx512();
+
+// One build of the three products (for tests that compare the builds). expand's
+// streaming stores need an _mm_sfence() before another thread reads y.
+struct Build {
+  const char* name;
+  void (*rows_dot)(const float*, int64_t, int64_t, const float*, int64_t, const float*, float*,
+                   int64_t);
+  void (*expand)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*, bool);
+  void (*outer)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*);
+};
+
+// The builds this process can run: "baseline", then "avx2" and "avx512" where in use
+// (ADAPTIR_CPU_AVX2=0 / ADAPTIR_CPU_AVX512=0 leave them out).
+std::vector<Build> builds();
 
 }  // namespace adaptir::cpu::gemm

@@ -52,29 +52,57 @@ bool throws_with(F f, const char* needle) {
 
 void test_skinny_gemm() {
   at::manual_seed(0);
+  namespace gemm = adaptir::cpu::gemm;
+  const std::vector<gemm::Build> builds = gemm::builds();
+  std::printf("skinny products: builds");
+  for (const auto& b : builds) std::printf(" %s", b.name);
+  std::printf("\n");
   for (const auto& [R, C, h] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
            {1, 1, 1}, {7, 13, 3}, {37, 40, 12}, {100, 180, 12}, {65, 576, 24}, {9, 17, 33},
-           {300, 9, 5}, {70, 8, 2}, {130, 181, 12}}) {
-    const int64_t hp = adaptir::cpu::gemm::padded(h);
+           {300, 9, 5}, {70, 8, 2}, {130, 181, 12}, {29, 64, 16}, {13, 52, 12}, {40, 33, 40},
+           {3, 16, 8}, {50, 100, 7}}) {
+    const int64_t hp = gemm::padded(h);
     const at::Tensor x = at::randn({R, C}), w = at::randn({h, C}), g = at::randn({R, hp});
     const at::Tensor bias = at::randn({hp});
     at::Tensor wt = at::zeros({C, hp});
     wt.narrow(1, 0, h).copy_(w.t());
-    at::Tensor z = at::empty({R, hp}), y = at::empty({R, C}), ys = at::empty({R, C}), p = at::empty({h, C});
-    adaptir::cpu::gemm::rows_dot(x.data_ptr<float>(), R, C, wt.data_ptr<float>(), hp,
-                                 bias.data_ptr<float>(), z.data_ptr<float>(), hp);
-    adaptir::cpu::gemm::expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C,
-                               y.data_ptr<float>());
-    adaptir::cpu::gemm::expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C,
-                               ys.data_ptr<float>(), /*stream=*/true);
-    adaptir::cpu::gemm::outer(g.data_ptr<float>(), hp, R, h, x.data_ptr<float>(), C,
-                              p.data_ptr<float>());
     const at::Tensor xd = x.to(at::kDouble), wd = w.to(at::kDouble);
     const at::Tensor gd = g.narrow(1, 0, h).to(at::kDouble);
-    EXPECT_CLOSE(z.narrow(1, 0, h), at::addmm(bias.narrow(0, 0, h).to(at::kDouble), xd, wd.t()), 1e-6);
-    EXPECT_CLOSE(y, at::mm(gd, wd), 1e-6);
-    EXPECT(at::equal(y, ys));
-    EXPECT_CLOSE(p, at::mm(gd.t(), xd), 1e-6);
+    // The dispatching entry points, then every build this CPU runs: each against double
+    // precision, and the vector builds bitwise against each other.
+    std::vector<std::vector<at::Tensor>> outs;
+    for (int64_t k = -1; k < static_cast<int64_t>(builds.size()); ++k) {
+      at::Tensor z = at::full({R, hp}, NAN), y = at::full({R, C}, NAN), ys = at::full({R, C}, NAN),
+                 p = at::full({h, C}, NAN);
+      if (k < 0) {
+        gemm::rows_dot(x.data_ptr<float>(), R, C, wt.data_ptr<float>(), hp, bias.data_ptr<float>(),
+                       z.data_ptr<float>(), hp);
+        gemm::expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C, y.data_ptr<float>());
+        gemm::expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C, ys.data_ptr<float>(),
+                     /*stream=*/true);
+        gemm::outer(g.data_ptr<float>(), hp, R, h, x.data_ptr<float>(), C, p.data_ptr<float>());
+      } else {
+        const gemm::Build& b = builds[k];
+        b.rows_dot(x.data_ptr<float>(), R, C, wt.data_ptr<float>(), hp, bias.data_ptr<float>(),
+                   z.data_ptr<float>(), hp);
+        b.expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C, y.data_ptr<float>(), false);
+        b.expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C, ys.data_ptr<float>(), true);
+        b.outer(g.data_ptr<float>(), hp, R, h, x.data_ptr<float>(), C, p.data_ptr<float>());
+      }
+      EXPECT_CLOSE(z.narrow(1, 0, h), at::addmm(bias.narrow(0, 0, h).to(at::kDouble), xd, wd.t()), 1e-6);
+      EXPECT_CLOSE(y, at::mm(gd, wd), 1e-6);
+      EXPECT(at::equal(y, ys));
+      EXPECT_CLOSE(p, at::mm(gd.t(), xd), 1e-6);
+      outs.push_back({z.narrow(1, 0, h), y, p});
+    }
+    for (size_t k = 2; k + 1 < outs.size(); ++k)  // outs[1] is the baseline build
+      for (size_t t = 0; t < 3; ++t)
+        if (!at::equal(outs[k][t], outs[k + 1][t])) {
+          std::fprintf(stderr, "skinny products (R %lld, C %lld, h %lld): %s and %s differ in product %zu\n",
+                       static_cast<long long>(R), static_cast<long long>(C), static_cast<long long>(h),
+                       builds[k - 1].name, builds[k].name, t);
+          ++failures;
+        }
   }
 }
 
