@@ -20,14 +20,28 @@ def test_real_bins(H, W, expected):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("H, W", [(18, 24), (24, 9), (48, 48)])
+def test_the_library_leaves_some_real_bins_inexact(dtype):
+    """The case rfft2 exists for: torch's own FFT returns values with a nonzero imaginary
+    part at some bins that are exactly real in exact arithmetic (which ones depends on the
+    shape and on the FFT code the CPU runs)."""
+    found = []
+    for H, W in [(18, 24), (24, 9), (30, 20), (36, 48), (48, 48)]:
+        gen = torch.Generator().manual_seed(H * 100 + W)
+        plain = torch.fft.rfft2(torch.randn(64, H, W, generator=gen, dtype=dtype), norm="ortho")
+        found += [(H, W, r, c) for r, c in real_bins(H, W) if (plain[:, r, c].imag != 0).any()]
+    if not found:
+        pytest.skip("torch's FFT on this CPU returns exactly real values at every real bin of the "
+                    "shapes tried, so snapping changes nothing here (the snapping itself is tested below)")
+    assert all(r in (0, H // 2) and c in (0, W // 2) for H, W, r, c in found)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("H, W", [(18, 24), (24, 9), (30, 20), (48, 48)])
 def test_real_bins_are_snapped_and_nothing_else_changes(dtype, H, W):
     gen = torch.Generator().manual_seed(H * 100 + W)
     u = torch.randn(64, H, W, generator=gen, dtype=dtype)
     plain = torch.fft.rfft2(u, norm="ortho")
     bins = real_bins(H, W)
-    # The case this exists for: the library's own values there are not exactly real.
-    assert any((plain[:, r, c].imag != 0).any() for r, c in bins if r == H // 2 and H % 2 == 0)
     U = rfft2(u)
     for r, c in bins:
         im = U[:, r, c].imag
