@@ -13,6 +13,7 @@
 
 #include "combine_rows.h"
 #include "common.h"
+#include "row_planes.h"
 #include "skinny_gemm.h"
 
 #include <ATen/ops/empty.h>
@@ -83,10 +84,12 @@ Inputs contiguous(const at::Tensor& l, const at::Tensor& g, const at::Tensor& sg
           cg.contiguous(), cs.contiguous(), tail_w.contiguous()};
 }
 
-// v rows of one block, (rows, ldv) row-major, from the hidden tensors.
+// v rows of one block, (rows, ldv) row-major, from the hidden tensors. float32: each
+// channel's run of positions is computed contiguously into tmp (h x (p1 - p0) floats),
+// then transposed into the rows 8 x 8 at a time (row_planes.h); the same values.
 template <typename scalar_t>
 void gather_v(const RowBlocks& rb, const RowBlocks::Block& k, const Dims& d, const Inputs& in,
-              scalar_t* v, int64_t ldv) {
+              scalar_t* v, int64_t ldv, scalar_t* tmp) {
   const scalar_t* l = in.l.const_data_ptr<scalar_t>();
   const scalar_t* g = in.g.const_data_ptr<scalar_t>();
   const scalar_t* sg = in.sg.const_data_ptr<scalar_t>();
@@ -101,9 +104,15 @@ void gather_v(const RowBlocks& rb, const RowBlocks::Block& k, const Dims& d, con
       const scalar_t* lr = l + plane;
       const scalar_t* gr = g + plane;
       const scalar_t s = cs[n * h + j], c = cg[n * h + j];
-      scalar_t* vc = vr + j;
-      for (int64_t i = 0; i < np; ++i) vc[i * rs] = s * (c * lr[i] + sgr[i] * gr[i]);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        float* t = tmp + j * np;
+        for (int64_t i = 0; i < np; ++i) t[i] = s * (c * lr[i] + sgr[i] * gr[i]);
+      } else {
+        scalar_t* vc = vr + j;
+        for (int64_t i = 0; i < np; ++i) vc[i * rs] = s * (c * lr[i] + sgr[i] * gr[i]);
+      }
     }
+    if constexpr (std::is_same_v<scalar_t, float>) row_planes::to_rows(tmp, np, h, np, vr, rs, ldv);
   }
 }
 
@@ -122,12 +131,13 @@ void forward_impl(const Dims& d, const Inputs& in, at::Tensor& out) {
       std::is_same_v<scalar_t, io_t> && d.N * d.HW * C * 4 >= gemm::kStreamBytes;
   parallel_items(rb.count, [&](ItemQueue& queue) {
     at::Tensor vbuf = Scratch::get(1, max_rows, ldv, opts);
+    at::Tensor tbuf = Scratch::get(4, h, max_rows, opts);
     at::Tensor obuf;
     if constexpr (!std::is_same_v<scalar_t, io_t>) obuf = Scratch::get(2, max_rows, C, opts);
     scalar_t* v = vbuf.data_ptr<scalar_t>();
     for (int64_t b; queue.pop(b);) {
       const RowBlocks::Block k = rb.get(b);
-      gather_v<scalar_t>(rb, k, d, in, v, ldv);
+      gather_v<scalar_t>(rb, k, d, in, v, ldv, tbuf.data_ptr<scalar_t>());
       scalar_t* o = std::is_same_v<scalar_t, io_t>
                         ? reinterpret_cast<scalar_t*>(out2d.data_ptr<io_t>() + k.row0 * C)
                         : obuf.data_ptr<scalar_t>();
@@ -177,10 +187,10 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
   parallel_items(rb.count, [&](ItemQueue& queue) {
     at::Tensor vbuf = Scratch::get(1, max_rows, ldv, opts);
     at::Tensor gvbuf = Scratch::get(2, max_rows, ldv, opts);
+    at::Tensor tbuf = Scratch::get(4, h, max_rows, opts);
     at::Tensor gobuf;
     if constexpr (!std::is_same_v<scalar_t, io_t>) gobuf = Scratch::get(3, max_rows, C, opts);
     std::vector<double> acc(static_cast<size_t>(max_rows));
-    std::vector<float> col(kF32 ? static_cast<size_t>(max_rows) : 0);
     scalar_t* v = vbuf.data_ptr<scalar_t>();
     scalar_t* gv = gvbuf.data_ptr<scalar_t>();
     for (int64_t b; queue.pop(b);) {
@@ -193,7 +203,7 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
                                   gobuf.data_ptr<scalar_t>(), k.rows * C);
         gob = gobuf.const_data_ptr<scalar_t>();
       }
-      gather_v<scalar_t>(rb, k, d, in, v, ldv);
+      gather_v<scalar_t>(rb, k, d, in, v, ldv, tbuf.data_ptr<scalar_t>());
       scalar_t* tp = tpart.data_ptr<scalar_t>() + b * h * C;
       if constexpr (kF32) {
         gemm::rows_dot(gob, k.rows, C, wpk.data(), ldv, nullptr, gv, ldv);
@@ -213,11 +223,12 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
         const scalar_t* gvr = gv + rb.noff(k, n) * ldv;
         std::fill(acc.begin(), acc.begin() + np, 0.0);
         if constexpr (kF32) {
+          // grad_v's columns of this sample as channel runs (tmp is free again: v is used).
+          float* cols = tbuf.data_ptr<float>();
+          row_planes::to_planes(gvr, rs, ldv, h, np, cols, np);
           for (int64_t j = 0; j < h; ++j) {
-            const float* gvc = gvr + j;
-            for (int64_t i = 0; i < np; ++i) col[i] = gvc[i * rs];
             const int64_t plane = (n * h + j) * HW + k.p0;
-            combine_rows::backward_channel(col.data(), l + plane, g + plane, sgr, cs[n * h + j],
+            combine_rows::backward_channel(cols + j * np, l + plane, g + plane, sgr, cs[n * h + j],
                                            cg[n * h + j], np, glp + plane, ggp + plane,
                                            acc.data(), pb + (n * h + j) * 2);
           }

@@ -13,6 +13,7 @@
 #include "project_in.h"
 
 #include "common.h"
+#include "row_planes.h"
 #include "skinny_gemm.h"
 
 #include <ATen/ops/addmm_cpu_dispatch.h>
@@ -315,6 +316,8 @@ void backward_impl(const Geometry& g, const at::Tensor& grad_u, const at::Tensor
       gxbuf = Scratch::get(3, max_rows, C, opts);
     }
     scalar_t* gz = gzbuf.data_ptr<scalar_t>();
+    at::Tensor tbuf;
+    if constexpr (kF32) tbuf = Scratch::get(4, h, max_rows, opts);
     for (int64_t b; queue.pop(b);) {
       const RowBlocks::Block k = rb.get(b);
       const int64_t np = k.p1 - k.p0, rs = k.pstride * ldz;
@@ -324,9 +327,15 @@ void backward_impl(const Geometry& g, const at::Tensor& grad_u, const at::Tensor
           const scalar_t* a = gu + (n * h + j) * HW + k.p0;
           const scalar_t* c = xh + (n * h + j) * HW + k.p0;
           const scalar_t s = scale[j], sa = ca[j], sb = cb[j];
-          scalar_t* zc = zr + j;
-          for (int64_t i = 0; i < np; ++i) zc[i * rs] = s * (a[i] - sa - c[i] * sb);
+          if constexpr (kF32) {  // channel runs, then transposed into the rows
+            float* t = tbuf.data_ptr<float>() + j * np;
+            for (int64_t i = 0; i < np; ++i) t[i] = s * (a[i] - sa - c[i] * sb);
+          } else {
+            scalar_t* zc = zr + j;
+            for (int64_t i = 0; i < np; ++i) zc[i * rs] = s * (a[i] - sa - c[i] * sb);
+          }
         }
+        if constexpr (kF32) row_planes::to_rows(tbuf.data_ptr<float>(), np, h, np, zr, rs, ldz);
       }
       double* bp = bpart.data() + b * h;
       for (int64_t j = 0; j < h; ++j) bp[j] = 0.0;

@@ -6,6 +6,7 @@
 #include "cpu/global_branch.h"
 #include "cpu/local_branch.h"
 #include "cpu/project_in.h"
+#include "cpu/row_planes.h"
 #include "cpu/skinny_gemm.h"
 
 #include "tests/expect.h"
@@ -103,6 +104,36 @@ void test_skinny_gemm() {
                        builds[k - 1].name, builds[k].name, t);
           ++failures;
         }
+  }
+}
+
+// ---- rows <-> channel planes ------------------------------------------------------
+
+void test_row_planes() {
+  at::manual_seed(1);
+  namespace rp = adaptir::cpu::row_planes;
+  // (h, n, width, row stride): 8-aligned and not, tails, rows narrower than h rounded to 8.
+  for (const auto& [h, n, width, rs] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {12, 37, 16, 16}, {12, 64, 16, 48}, {8, 9, 8, 8}, {3, 20, 8, 8}, {24, 17, 24, 24},
+           {5, 30, 5, 5}, {12, 13, 12, 36}, {1, 1, 8, 8}, {16, 8, 16, 16}}) {
+    const int64_t lp = n + 3;
+    const at::Tensor planes = at::randn({h, lp});
+    at::Tensor rows = at::full({n * rs + width}, NAN);
+    rp::to_rows(planes.data_ptr<float>(), lp, h, n, rows.data_ptr<float>(), rs, width);
+    const int64_t h8 = (h + 7) / 8 * 8;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < h; ++j)
+        EXPECT(rows[i * rs + j].item<float>() == planes[j][i].item<float>());
+      for (int64_t j = h; j < width; ++j) {
+        const float z = rows[i * rs + j].item<float>();
+        EXPECT(width >= h8 && j < h8 ? z == 0.0f : std::isnan(z));
+      }
+    }
+    at::Tensor back = at::full({h, lp}, NAN);
+    rows.narrow(0, 0, n * rs).view({n, rs}).narrow(1, h, width - h).zero_();
+    rp::to_planes(rows.data_ptr<float>(), rs, width, h, n, back.data_ptr<float>(), lp);
+    EXPECT(at::equal(back.narrow(1, 0, n), planes.narrow(1, 0, n)));
+    EXPECT(at::isnan(back.narrow(1, n, lp - n)).all().item<bool>());
   }
 }
 
@@ -342,6 +373,7 @@ void test_dispatcher() {
 
 int main() {
   test_skinny_gemm();
+  test_row_planes();
   test_project_in();
   test_local_branch();
   test_global_branch();
