@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import adapter_widths, check_layout, resolve_input
-from .spectrum import irfft2, rfft2
+from .spectrum import irfft2_parts, rfft2
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -140,8 +140,9 @@ class AdaptIR(nn.Module):
             U = rfft2(u)  # exactly real bins made exact: adaptir_kernels.spectrum
             amp = self.amp_fuse(U.abs())
             pha = self.pha_fuse(U.angle())
-            G = torch.complex(amp * torch.cos(pha), amp * torch.sin(pha))
-            g = irfft2(G, H, W).abs()  # SPEC 4.1 on every device: adaptir_kernels.spectrum
+            # irfft2 of amp * exp(i pha), SPEC 4.1 on every device (adaptir_kernels.spectrum);
+            # from the real and imaginary parts, so that torch.compile can lower it.
+            g = irfft2_parts(amp * torch.cos(pha), amp * torch.sin(pha), H, W).abs()
 
             # Local branch: depthwise 3x3 conv with a rank-r factorised kernel.
             K = (self.conv_weight_A @ self.conv_weight_B).view(self.hidden, 1, 3, 3)

@@ -66,6 +66,30 @@ def irfft2(Y: Tensor, H: int, W: int) -> Tensor:
     return torch.fft.irfft2(torch.cat(parts, dim=-1), s=(H, W), norm="ortho")
 
 
+def irfft2_parts(re: Tensor, im: Tensor, H: int, W: int) -> Tensor:
+    """irfft2 (above) of the half spectrum re + i im, given as its real and imaginary
+    parts. The Hermitian part of the columns kw = 0 and W/2 is formed in real arithmetic,
+    ((re[kh] + re[-kh]) / 2, (im[kh] - im[-kh]) / 2), before the complex tensor is made:
+    torch.compile's Inductor lowers complex arithmetic by viewing it as real pairs, which
+    fails on the channels-last tensors its convolutions produce, and real arithmetic works
+    in any layout. Differentiable; the reference adapter uses it."""
+    wf = re.shape[-1]
+
+    def hermitian(col: Tensor, sign: float) -> Tensor:  # (..., H, 1): (x[kh] + sign x[-kh mod H]) / 2
+        return (col + sign * torch.roll(col.flip(-2), 1, dims=-2)) / 2
+
+    def columns(x: Tensor, sign: float) -> Tensor:
+        parts = [hermitian(x[..., 0:1], sign)]
+        if W % 2 == 0 and wf > 1:
+            parts += [x[..., 1:wf - 1], hermitian(x[..., wf - 1:wf], sign)]
+        else:
+            parts.append(x[..., 1:])
+        return torch.cat(parts, dim=-1)
+
+    Y = torch.complex(columns(re, 1.0), columns(im, -1.0))
+    return torch.fft.irfft2(Y, s=(H, W), norm="ortho")
+
+
 def rfft2_real(u: Tensor) -> Tensor:
     """rfft2 as a real (..., H, W//2+1, 2) tensor (view_as_real of `rfft2(u)`)."""
     return torch.view_as_real(rfft2(u))
