@@ -6,6 +6,7 @@
 // equal results (each output element is the same chain of fused multiply-adds).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -31,6 +32,21 @@ constexpr int64_t kStreamBytes = int64_t{16} << 20;
 // p[j, c] = sum_r g[r, j] x[r, c] for j < h; g rows of stride ldg, x: (R, C), p: (h, C).
 void outer(const float* g, int64_t ldg, int64_t R, int64_t h, const float* x, int64_t C,
            float* p);
+
+// ---- shared by the builds --------------------------------------------------------
+
+// Rows per sub-block of outer: rows of x that fit in L1/L2, whose products are added into
+// p in row order. Every build uses this, so each element of p is the same chain of
+// fused multiply-adds in each (their results are bitwise equal).
+inline int64_t outer_block_rows(int64_t C) {
+  return std::min<int64_t>(64, std::max<int64_t>(8, (48 * 1024) / (4 * std::max<int64_t>(C, 1))));
+}
+
+// Prefetches the cache lines [next, end) into every level, at most `lines` of them,
+// advancing next: a sub-block's fetch spread over the tiles of the previous one.
+inline void prefetch_lines(const char*& next, const char* end, int64_t lines) {
+  for (int64_t k = 0; k < lines && next < end; ++k, next += 64) __builtin_prefetch(next, 0, 3);
+}
 
 // Whether the AVX2+FMA versions are in use (the AVX-512 ones may be in use instead).
 bool uses_avx2();

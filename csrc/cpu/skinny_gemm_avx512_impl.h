@@ -194,19 +194,13 @@ S5_AI void outer_tile(const float* g, int64_t ldg, int64_t R, const float* x, in
       _mm512_mask_storeu_ps(p + jj * C + 16 * v, v == CV - 1 ? last : lanes(16), acc[jj][v]);
 }
 
-// Fetches the lines [*next, end) in portions of `lines`, spreading a sub-block's
-// prefetch over the tiles of the previous sub-block.
-S5_AI void prefetch_some(const char*& next, const char* end, int64_t lines) {
-  for (int64_t k = 0; k < lines && next < end; ++k, next += 64) __builtin_prefetch(next, 0, 3);
-}
-
 template <int JG>
 static void outer_group(const float* g, int64_t ldg, int64_t R, const float* x, int64_t C,
                         float* p, bool add, const char*& pf, const char* pf_end,
                         int64_t pf_lines) {
   int64_t c = 0;
   for (; c + 32 < C; c += 32) {
-    prefetch_some(pf, pf_end, pf_lines);
+    prefetch_lines(pf, pf_end, pf_lines);
     outer_tile<2, JG>(g, ldg, R, x + c, C, p + c, add, 16);
   }
   const int64_t rem = C - c;
@@ -223,7 +217,7 @@ static void outer_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const 
   // sub-block is prefetched in address order while the current one is computed.
   constexpr int JG = 12;
   if (C <= 0) return;
-  const int64_t sub = std::min<int64_t>(64, std::max<int64_t>(8, (48 * 1024) / (4 * C)));
+  const int64_t sub = outer_block_rows(C);
   const int64_t strips = (C / 32 + 1) * ((h + JG - 1) / JG);
   const int64_t pf_lines = (sub * C * 4 / 64) / strips + 1;
   for (int64_t e = 0; e < std::min(sub, R) * C; e += 16) __builtin_prefetch(x + e, 0, 3);
@@ -238,7 +232,7 @@ static void outer_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const 
     for (; j + JG <= h; j += JG) outer_group<JG>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
     for (; j + 4 <= h; j += 4) outer_group<4>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
     for (; j < h; ++j) outer_group<1>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
-    prefetch_some(pf, pf_end, (pf_end - pf) / 64 + 1);
+    prefetch_lines(pf, pf_end, (pf_end - pf) / 64 + 1);
   }
 }
 

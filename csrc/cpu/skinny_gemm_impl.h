@@ -228,12 +228,6 @@ SG_AI void outer_tile(const float* g, int64_t ldg, int64_t R, const float* x, in
     for (int v = 0; v < CV; ++v) st(p + jj * C + 8 * v, acc[jj][v]);
 }
 
-// Fetches the lines [*next, end) in portions of `lines`, spreading a sub-block's
-// prefetch over the tiles of the previous sub-block.
-SG_AI void prefetch_some(const char*& next, const char* end, int64_t lines) {
-  for (int64_t k = 0; k < lines && next < end; ++k, next += 64) __builtin_prefetch(next, 0, 3);
-}
-
 template <int JG>
 static void outer_group(const float* g, int64_t ldg, int64_t R, const float* x, int64_t C,
                         float* p, bool add, const char*& pf, const char* pf_end,
@@ -241,7 +235,7 @@ static void outer_group(const float* g, int64_t ldg, int64_t R, const float* x, 
   constexpr int CV = SG_ACC / JG >= 2 ? 2 : 1;
   int64_t c = 0;
   for (; c + 8 * CV <= C; c += 8 * CV) {
-    prefetch_some(pf, pf_end, pf_lines);
+    prefetch_lines(pf, pf_end, pf_lines);
     outer_tile<CV, JG>(g, ldg, R, x + c, C, p + c, add);
   }
   for (; c + 8 <= C; c += 8) outer_tile<1, JG>(g, ldg, R, x + c, C, p + c, add);
@@ -291,7 +285,7 @@ static void outer_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const 
   // walk a sub-block by column strips, so the next sub-block is prefetched in address
   // order while the current one is computed.
   constexpr int JG = SG_ACC >= 12 ? 6 : 3;
-  const int64_t sub = std::min<int64_t>(64, std::max<int64_t>(8, (48 * 1024) / (4 * std::max<int64_t>(C, 1))));
+  const int64_t sub = outer_block_rows(C);
   const int64_t strips = (C / 16 + 1) * ((h + JG - 1) / JG);
   const int64_t pf_lines = (sub * C * 4 / 64) / strips + 1;
   for (int64_t e = 0; e < std::min(sub, R) * C; e += 16) __builtin_prefetch(x + e, 0, 3);
@@ -305,7 +299,7 @@ static void outer_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const 
     int64_t j = 0;
     for (; j + JG <= h; j += JG) outer_group<JG>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
     for (; j < h; ++j) outer_group<1>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
-    prefetch_some(pf, pf_end, (pf_end - pf) / 64 + 1);
+    prefetch_lines(pf, pf_end, (pf_end - pf) / 64 + 1);
   }
 }
 
