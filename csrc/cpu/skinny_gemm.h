@@ -48,6 +48,25 @@ inline void prefetch_lines(const char*& next, const char* end, int64_t lines) {
   for (int64_t k = 0; k < lines && next < end; ++k, next += 64) __builtin_prefetch(next, 0, 3);
 }
 
+// outer's walk over its sub-blocks, shared by the builds: fetches the first sub-block,
+// then for each calls block(gs, n, xs, add, pf, pf_end), which computes p = (add ? p : 0)
+// + gs^T xs over the sub-block's n rows and may fetch lines of the next sub-block from
+// [pf, pf_end) as it goes (prefetch_lines); what it leaves is fetched after it.
+template <typename Block>
+void outer_blocks(const float* g, int64_t ldg, int64_t R, const float* x, int64_t C,
+                  const Block& block) {
+  const int64_t sub = outer_block_rows(C);
+  for (int64_t e = 0; e < std::min(sub, R) * C; e += 16) __builtin_prefetch(x + e, 0, 3);
+  for (int64_t r0 = 0; r0 < R; r0 += sub) {
+    const int64_t n = std::min(sub, R - r0);
+    const float* xs = x + r0 * C;
+    const char* pf = reinterpret_cast<const char*>(xs + n * C);
+    const char* pf_end = reinterpret_cast<const char*>(xs + (n + std::min(sub, R - r0 - n)) * C);
+    block(g + r0 * ldg, n, xs, r0 > 0, pf, pf_end);
+    prefetch_lines(pf, pf_end, (pf_end - pf) / 64 + 1);
+  }
+}
+
 // Whether the AVX2+FMA versions are in use (the AVX-512 ones may be in use instead).
 bool uses_avx2();
 

@@ -220,20 +220,17 @@ static void outer_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const 
   const int64_t sub = outer_block_rows(C);
   const int64_t strips = (C / 32 + 1) * ((h + JG - 1) / JG);
   const int64_t pf_lines = (sub * C * 4 / 64) / strips + 1;
-  for (int64_t e = 0; e < std::min(sub, R) * C; e += 16) __builtin_prefetch(x + e, 0, 3);
-  for (int64_t r0 = 0; r0 < R; r0 += sub) {
-    const int64_t n = std::min(sub, R - r0);
-    const float* gs = g + r0 * ldg;
-    const float* xs = x + r0 * C;
-    const char* pf = reinterpret_cast<const char*>(xs + n * C);
-    const char* pf_end = reinterpret_cast<const char*>(xs + (n + std::min(sub, R - r0 - n)) * C);
-    const bool add = r0 > 0;
-    int64_t j = 0;
-    for (; j + JG <= h; j += JG) outer_group<JG>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
-    for (; j + 4 <= h; j += 4) outer_group<4>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
-    for (; j < h; ++j) outer_group<1>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
-    prefetch_lines(pf, pf_end, (pf_end - pf) / 64 + 1);
-  }
+  outer_blocks(g, ldg, R, x, C,
+               [&](const float* gs, int64_t n, const float* xs, bool add, const char*& pf,
+                   const char* pf_end) {
+                 int64_t j = 0;
+                 for (; j + JG <= h; j += JG)
+                   outer_group<JG>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
+                 for (; j + 4 <= h; j += 4)
+                   outer_group<4>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
+                 for (; j < h; ++j)
+                   outer_group<1>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
+               });
 }
 
 #undef S5_AI
