@@ -87,6 +87,7 @@ Inputs contiguous(const at::Tensor& l, const at::Tensor& g, const at::Tensor& sg
 // v rows of one block, (rows, ldv) row-major, from the hidden tensors. float32: each
 // channel's run of positions is computed contiguously into tmp (h x (p1 - p0) floats),
 // then transposed into the rows 8 x 8 at a time (row_planes.h); the same values.
+// float64 (gradcheck) writes the rows directly and takes no tmp.
 template <typename scalar_t>
 void gather_v(const RowBlocks& rb, const RowBlocks::Block& k, const Dims& d, const Inputs& in,
               scalar_t* v, int64_t ldv, scalar_t* tmp) {
@@ -131,13 +132,15 @@ void forward_impl(const Dims& d, const Inputs& in, at::Tensor& out) {
       std::is_same_v<scalar_t, io_t> && d.N * d.HW * C * 4 >= gemm::kStreamBytes;
   parallel_items(rb.count, [&](ItemQueue& queue) {
     at::Tensor vbuf = Scratch::get(1, max_rows, ldv, opts);
-    at::Tensor tbuf = Scratch::get(4, h, max_rows, opts);
+    at::Tensor tbuf;  // float32: gather_v's channel runs
+    if constexpr (kF32) tbuf = Scratch::get(4, h, max_rows, opts);
+    scalar_t* tmp = kF32 ? tbuf.data_ptr<scalar_t>() : nullptr;
     at::Tensor obuf;
     if constexpr (!std::is_same_v<scalar_t, io_t>) obuf = Scratch::get(2, max_rows, C, opts);
     scalar_t* v = vbuf.data_ptr<scalar_t>();
     for (int64_t b; queue.pop(b);) {
       const RowBlocks::Block k = rb.get(b);
-      gather_v<scalar_t>(rb, k, d, in, v, ldv, tbuf.data_ptr<scalar_t>());
+      gather_v<scalar_t>(rb, k, d, in, v, ldv, tmp);
       scalar_t* o = std::is_same_v<scalar_t, io_t>
                         ? reinterpret_cast<scalar_t*>(out2d.data_ptr<io_t>() + k.row0 * C)
                         : obuf.data_ptr<scalar_t>();
@@ -187,7 +190,9 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
   parallel_items(rb.count, [&](ItemQueue& queue) {
     at::Tensor vbuf = Scratch::get(1, max_rows, ldv, opts);
     at::Tensor gvbuf = Scratch::get(2, max_rows, ldv, opts);
-    at::Tensor tbuf = Scratch::get(4, h, max_rows, opts);
+    at::Tensor tbuf;  // float32: gather_v's channel runs, then grad_v's
+    if constexpr (kF32) tbuf = Scratch::get(4, h, max_rows, opts);
+    scalar_t* tmp = kF32 ? tbuf.data_ptr<scalar_t>() : nullptr;
     at::Tensor gobuf;
     if constexpr (!std::is_same_v<scalar_t, io_t>) gobuf = Scratch::get(3, max_rows, C, opts);
     std::vector<double> acc(static_cast<size_t>(max_rows));
@@ -203,7 +208,7 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
                                   gobuf.data_ptr<scalar_t>(), k.rows * C);
         gob = gobuf.const_data_ptr<scalar_t>();
       }
-      gather_v<scalar_t>(rb, k, d, in, v, ldv, tbuf.data_ptr<scalar_t>());
+      gather_v<scalar_t>(rb, k, d, in, v, ldv, tmp);
       scalar_t* tp = tpart.data_ptr<scalar_t>() + b * h * C;
       if constexpr (kF32) {
         gemm::rows_dot(gob, k.rows, C, wpk.data(), ldv, nullptr, gv, ldv);
@@ -224,7 +229,7 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
         std::fill(acc.begin(), acc.begin() + np, 0.0);
         if constexpr (kF32) {
           // grad_v's columns of this sample as channel runs (tmp is free again: v is used).
-          float* cols = tbuf.data_ptr<float>();
+          float* cols = tmp;
           row_planes::to_planes(gvr, rs, ldv, h, np, cols, np);
           for (int64_t j = 0; j < h; ++j) {
             const int64_t plane = (n * h + j) * HW + k.p0;
