@@ -111,10 +111,6 @@ void outer(const float* g, int64_t ldg, int64_t R, int64_t h, const float* x, in
   SG_DISPATCH(outer_impl, g, ldg, R, h, x, C, p);
 }
 
-}  // namespace adaptir::cpu::gemm
-
-namespace adaptir::cpu::gemm {
-
 std::vector<Build> builds() {
   std::vector<Build> out{{"baseline", &base::rows_dot_impl, &base::expand_impl, &base::outer_impl}};
 #ifdef ADAPTIR_AVX2_BUILDS
