@@ -43,27 +43,41 @@ inline int64_t outer_block_rows(int64_t C) {
 }
 
 // Prefetches the cache lines [next, end) into every level, at most `lines` of them,
-// advancing next: a sub-block's fetch spread over the tiles of the previous one.
+// advancing next.
 inline void prefetch_lines(const char*& next, const char* end, int64_t lines) {
   for (int64_t k = 0; k < lines && next < end; ++k, next += 64) __builtin_prefetch(next, 0, 3);
 }
 
+// The next sub-block of outer's rows, fetched a few lines per row of the tiles that
+// compute the current one. Spread this way its misses overlap the arithmetic; fetched
+// in one burst per tile (as before), outer ran 1.75x slower from memory on an AMD EPYC
+// (Zen 4), where the burst stalls the loads of the tile.
+struct LineFetch {
+  const char* next;
+  const char* end;
+  int64_t per_row;
+  void row() { prefetch_lines(next, end, per_row); }
+};
+
 // outer's walk over its sub-blocks, shared by the builds: fetches the first sub-block,
-// then for each calls block(gs, n, xs, add, pf, pf_end), which computes p = (add ? p : 0)
-// + gs^T xs over the sub-block's n rows and may fetch lines of the next sub-block from
-// [pf, pf_end) as it goes (prefetch_lines); what it leaves is fetched after it.
+// then for each calls block(gs, n, xs, add, fetch), which computes p = (add ? p : 0)
+// + gs^T xs over the sub-block's n rows in `passes` passes over its rows (tiles of
+// columns and rows of p), calling fetch.row() once per row of each pass; whatever of
+// the next sub-block is left is fetched after it.
 template <typename Block>
 void outer_blocks(const float* g, int64_t ldg, int64_t R, const float* x, int64_t C,
-                  const Block& block) {
+                  int64_t passes, const Block& block) {
   const int64_t sub = outer_block_rows(C);
   for (int64_t e = 0; e < std::min(sub, R) * C; e += 16) __builtin_prefetch(x + e, 0, 3);
   for (int64_t r0 = 0; r0 < R; r0 += sub) {
     const int64_t n = std::min(sub, R - r0);
     const float* xs = x + r0 * C;
-    const char* pf = reinterpret_cast<const char*>(xs + n * C);
-    const char* pf_end = reinterpret_cast<const char*>(xs + (n + std::min(sub, R - r0 - n)) * C);
-    block(g + r0 * ldg, n, xs, r0 > 0, pf, pf_end);
-    prefetch_lines(pf, pf_end, (pf_end - pf) / 64 + 1);
+    LineFetch fetch;
+    fetch.next = reinterpret_cast<const char*>(xs + n * C);
+    fetch.end = reinterpret_cast<const char*>(xs + (n + std::min(sub, R - r0 - n)) * C);
+    fetch.per_row = (fetch.end - fetch.next) / 64 / (std::max<int64_t>(passes, 1) * n) + 1;
+    block(g + r0 * ldg, n, xs, r0 > 0, fetch);
+    prefetch_lines(fetch.next, fetch.end, (fetch.end - fetch.next) / 64 + 1);
   }
 }
 

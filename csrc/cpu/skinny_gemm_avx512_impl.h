@@ -171,7 +171,7 @@ static void expand_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const
 // last), over R rows of g and x; add: continue the sums already in p.
 template <int CV, int JG>
 S5_AI void outer_tile(const float* g, int64_t ldg, int64_t R, const float* x, int64_t C,
-                      float* p, bool add, int64_t n) {
+                      float* p, bool add, int64_t n, LineFetch& fetch) {
   const __mmask16 last = lanes(n);
   __m512 acc[JG][CV];
   for (int jj = 0; jj < JG; ++jj)
@@ -183,6 +183,7 @@ S5_AI void outer_tile(const float* g, int64_t ldg, int64_t R, const float* x, in
     for (int v = 0; v < CV; ++v)
       xv[v] = v == CV - 1 ? _mm512_maskz_loadu_ps(last, x + r * C + 16 * v)
                           : _mm512_loadu_ps(x + r * C + 16 * v);
+    fetch.row();
     const float* gr = g + r * ldg;
     for (int jj = 0; jj < JG; ++jj) {
       const __m512 gb = _mm512_set1_ps(gr[jj]);
@@ -194,42 +195,35 @@ S5_AI void outer_tile(const float* g, int64_t ldg, int64_t R, const float* x, in
       _mm512_mask_storeu_ps(p + jj * C + 16 * v, v == CV - 1 ? last : lanes(16), acc[jj][v]);
 }
 
+// Tiles of one group of JG rows of p: ceil(C / 32) of them.
 template <int JG>
 static void outer_group(const float* g, int64_t ldg, int64_t R, const float* x, int64_t C,
-                        float* p, bool add, const char*& pf, const char* pf_end,
-                        int64_t pf_lines) {
+                        float* p, bool add, LineFetch& fetch) {
   int64_t c = 0;
-  for (; c + 32 < C; c += 32) {
-    prefetch_lines(pf, pf_end, pf_lines);
-    outer_tile<2, JG>(g, ldg, R, x + c, C, p + c, add, 16);
-  }
+  for (; c + 32 < C; c += 32) outer_tile<2, JG>(g, ldg, R, x + c, C, p + c, add, 16, fetch);
   const int64_t rem = C - c;
   if (rem > 16)
-    outer_tile<2, JG>(g, ldg, R, x + c, C, p + c, add, rem - 16);
+    outer_tile<2, JG>(g, ldg, R, x + c, C, p + c, add, rem - 16, fetch);
   else
-    outer_tile<1, JG>(g, ldg, R, x + c, C, p + c, add, rem);
+    outer_tile<1, JG>(g, ldg, R, x + c, C, p + c, add, rem, fetch);
 }
 
 static void outer_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const float* x,
                        int64_t C, float* p) {
   // Sub-blocks of rows that fit in L1/L2, accumulated into p in row order; within one,
-  // twelve rows of p at a time take two vectors of columns over all its rows. The next
-  // sub-block is prefetched in address order while the current one is computed.
+  // twelve rows of p at a time take two vectors of columns over all its rows, while the
+  // next sub-block is fetched a few lines per row.
   constexpr int JG = 12;
   if (C <= 0) return;
-  const int64_t sub = outer_block_rows(C);
-  const int64_t strips = (C / 32 + 1) * ((h + JG - 1) / JG);
-  const int64_t pf_lines = (sub * C * 4 / 64) / strips + 1;
-  outer_blocks(g, ldg, R, x, C,
-               [&](const float* gs, int64_t n, const float* xs, bool add, const char*& pf,
-                   const char* pf_end) {
+  const int64_t groups = h / JG + (h % JG) / 4 + h % 4;
+  outer_blocks(g, ldg, R, x, C, groups * ((C + 31) / 32),
+               [&](const float* gs, int64_t n, const float* xs, bool add, LineFetch& fetch) {
                  int64_t j = 0;
                  for (; j + JG <= h; j += JG)
-                   outer_group<JG>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
+                   outer_group<JG>(gs + j, ldg, n, xs, C, p + j * C, add, fetch);
                  for (; j + 4 <= h; j += 4)
-                   outer_group<4>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
-                 for (; j < h; ++j)
-                   outer_group<1>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
+                   outer_group<4>(gs + j, ldg, n, xs, C, p + j * C, add, fetch);
+                 for (; j < h; ++j) outer_group<1>(gs + j, ldg, n, xs, C, p + j * C, add, fetch);
                });
 }
 

@@ -211,12 +211,13 @@ static void expand_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const
 
 template <int CV, int JG>
 SG_AI void outer_tile(const float* g, int64_t ldg, int64_t R, const float* x, int64_t C,
-                      float* p, bool add) {
+                      float* p, bool add, LineFetch& fetch) {
   vf acc[JG][CV];
   for (int jj = 0; jj < JG; ++jj)
     for (int v = 0; v < CV; ++v) acc[jj][v] = add ? ld(p + jj * C + 8 * v) : bc(0.0f);
   for (int64_t r = 0; r < R; ++r) {
     vf xv[CV];
+    fetch.row();
     for (int v = 0; v < CV; ++v) xv[v] = ld(x + r * C + 8 * v);
     const float* gr = g + r * ldg;
     for (int jj = 0; jj < JG; ++jj) {
@@ -228,17 +229,19 @@ SG_AI void outer_tile(const float* g, int64_t ldg, int64_t R, const float* x, in
     for (int v = 0; v < CV; ++v) st(p + jj * C + 8 * v, acc[jj][v]);
 }
 
+// Columns per tile of outer_group<JG>.
+template <int JG>
+constexpr int outer_cv() { return SG_ACC / JG >= 2 ? 2 : 1; }
+
+// Tiles of one group of JG rows of p (C / (8 CV) + (C % (8 CV)) / 8 of them, each
+// fetching as it goes), then the columns left, fewer than 8.
 template <int JG>
 static void outer_group(const float* g, int64_t ldg, int64_t R, const float* x, int64_t C,
-                        float* p, bool add, const char*& pf, const char* pf_end,
-                        int64_t pf_lines) {
-  constexpr int CV = SG_ACC / JG >= 2 ? 2 : 1;
+                        float* p, bool add, LineFetch& fetch) {
+  constexpr int CV = outer_cv<JG>();
   int64_t c = 0;
-  for (; c + 8 * CV <= C; c += 8 * CV) {
-    prefetch_lines(pf, pf_end, pf_lines);
-    outer_tile<CV, JG>(g, ldg, R, x + c, C, p + c, add);
-  }
-  for (; c + 8 <= C; c += 8) outer_tile<1, JG>(g, ldg, R, x + c, C, p + c, add);
+  for (; c + 8 * CV <= C; c += 8 * CV) outer_tile<CV, JG>(g, ldg, R, x + c, C, p + c, add, fetch);
+  for (; c + 8 <= C; c += 8) outer_tile<1, JG>(g, ldg, R, x + c, C, p + c, add, fetch);
   if (c < C && C >= 8) {
     // The last 8 columns as one full vector ending at C (loads in bounds); the lanes of
     // columns before c are computed but never stored, so in `add` mode the columns the
@@ -282,20 +285,17 @@ static void outer_group(const float* g, int64_t ldg, int64_t R, const float* x, 
 static void outer_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const float* x,
                        int64_t C, float* p) {
   // Sub-blocks of rows that fit in L1/L2, accumulated into p in row order. The tiles
-  // walk a sub-block by column strips, so the next sub-block is prefetched in address
-  // order while the current one is computed.
+  // walk a sub-block by column strips, each over all its rows, while the next sub-block
+  // is fetched a few lines per row.
   constexpr int JG = SG_ACC >= 12 ? 6 : 3;
-  const int64_t sub = outer_block_rows(C);
-  const int64_t strips = (C / 16 + 1) * ((h + JG - 1) / JG);
-  const int64_t pf_lines = (sub * C * 4 / 64) / strips + 1;
-  outer_blocks(g, ldg, R, x, C,
-               [&](const float* gs, int64_t n, const float* xs, bool add, const char*& pf,
-                   const char* pf_end) {
+  const auto tiles = [C](int cv) { return C / (8 * cv) + (C % (8 * cv)) / 8; };
+  const int64_t passes = (h / JG) * tiles(outer_cv<JG>()) + (h % JG) * tiles(outer_cv<1>());
+  outer_blocks(g, ldg, R, x, C, passes,
+               [&](const float* gs, int64_t n, const float* xs, bool add, LineFetch& fetch) {
                  int64_t j = 0;
                  for (; j + JG <= h; j += JG)
-                   outer_group<JG>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
-                 for (; j < h; ++j)
-                   outer_group<1>(gs + j, ldg, n, xs, C, p + j * C, add, pf, pf_end, pf_lines);
+                   outer_group<JG>(gs + j, ldg, n, xs, C, p + j * C, add, fetch);
+                 for (; j < h; ++j) outer_group<1>(gs + j, ldg, n, xs, C, p + j * C, add, fetch);
                });
 }
 
