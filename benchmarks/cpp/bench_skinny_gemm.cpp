@@ -1,0 +1,71 @@
+// Times the three skinny products of csrc/cpu/skinny_gemm.h alone, on one thread, for
+// every build this CPU runs (avx512, avx2, baseline), the way the fused operators call
+// them: row blocks of a (rows, C) matrix, h hidden columns.
+//
+//   bench_skinny_gemm [C h rows block repeats]     (default: 180 12 36864 364 15, edt-train)
+//
+// Two cases per build:
+//   hot: every call works on the first row block (its C-wide rows stay in L1/L2);
+//   mem: the calls walk all rows (the C-wide side comes from memory, or L3 if it fits),
+//        as they do inside the module; expand then writes with streaming stores.
+// Prints the minimum over `repeats` passes and the arithmetic rate 2 * rows * C * h / t.
+#include "cpu/skinny_gemm.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+using adaptir::cpu::gemm::Build;
+
+int main(int argc, char** argv) {
+  const auto arg = [&](int i, int64_t d) { return argc > i ? std::atoll(argv[i]) : d; };
+  const int64_t C = arg(1, 180), h = arg(2, 12), rows = arg(3, 36864), block = arg(4, 364);
+  const int repeats = static_cast<int>(arg(5, 15));
+  if (C < 1 || h < 1 || rows < 1 || block < 1 || repeats < 1) {
+    std::fprintf(stderr, "usage: %s [C h rows block repeats], all positive\n", argv[0]);
+    return 2;
+  }
+  const int64_t hp = adaptir::cpu::gemm::padded(h);
+  std::vector<float> x(rows * C), y(rows * C), wt(C * hp, 0.0f), w(h * C), z(rows * hp), p(h * C);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 97) * 0.01f;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t j = 0; j < h; ++j) wt[c * hp + j] = static_cast<float>((c + j) % 13) * 0.1f;
+  for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 11) * 0.1f;
+  for (size_t i = 0; i < z.size(); ++i) z[i] = static_cast<float>(i % 7) * 0.1f;
+  const double flops = 2.0 * static_cast<double>(rows) * C * h;
+  std::printf("C %lld, h %lld, rows %lld in blocks of %lld, min of %d, one thread\n",
+              static_cast<long long>(C), static_cast<long long>(h),
+              static_cast<long long>(rows), static_cast<long long>(block), repeats);
+  for (const Build& b : adaptir::cpu::gemm::builds()) {
+    for (const bool hot : {true, false}) {
+      double best[3] = {1e30, 1e30, 1e30};
+      for (int rep = 0; rep < repeats; ++rep)
+        for (int op = 0; op < 3; ++op) {
+          const auto t0 = std::chrono::steady_clock::now();
+          for (int64_t r0 = 0; r0 < rows; r0 += block) {
+            const int64_t n = std::min(block, rows - r0), at = hot ? 0 : r0;
+            if (op == 0)
+              b.rows_dot(x.data() + at * C, n, C, wt.data(), hp, nullptr, z.data() + at * hp, hp);
+            else if (op == 1)
+              b.expand(z.data() + at * hp, hp, n, h, w.data(), C, y.data() + at * C, !hot);
+            else
+              b.outer(z.data() + at * hp, hp, n, h, x.data() + at * C, C, p.data());
+          }
+          const std::chrono::duration<double> t = std::chrono::steady_clock::now() - t0;
+          best[op] = std::min(best[op], t.count());
+        }
+      std::printf("%-9s %s  rows_dot %7.3f ms %4.0f GFLOP/s   expand %7.3f ms %4.0f GFLOP/s   "
+                  "outer %7.3f ms %4.0f GFLOP/s\n",
+                  b.name, hot ? "hot" : "mem", best[0] * 1e3, flops / best[0] * 1e-9,
+                  best[1] * 1e3, flops / best[1] * 1e-9, best[2] * 1e3, flops / best[2] * 1e-9);
+    }
+  }
+  // Keep the results observable.
+  double s = 0.0;
+  for (const float v : p) s += v;
+  std::printf("(checksum %g)\n", s + z[0] + y[rows * C - 1]);
+  return 0;
+}
