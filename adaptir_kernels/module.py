@@ -127,8 +127,10 @@ class _AdaptIRChain(torch.autograd.Function):
         (head_w, head_b, bn_w, bn_b, conv_A, conv_B, conv_bias, si_w, si_b, amp_w, amp_b,
          pha_w, pha_b, compress_w, compress_b, proj0_w, proj0_b, proj2_w, proj2_b,
          ci1_w, ci1_b, ci3_w, ci3_b, tail_w, bn_w3, bn_b3) = op_params
-        # project_in's u, as it defines it (train and eval): the BN affine of xhat.
-        u = torch.addcmul(bn_b3, xhat, bn_w3)
+        # project_in's u, as it defines it (train and eval): the BN affine of xhat. On the
+        # CPU rounded as the operators round it, a product, then a sum (bit for bit the
+        # forward's u); on CUDA addcmul (the Triton kernel may contract to one multiply-add).
+        u = torch.addcmul(bn_b3, xhat, bn_w3) if xhat.is_cuda else xhat * bn_w3 + bn_b3
         loc, sg = local_branch(u, conv_A, conv_B, conv_bias, si_w, si_b, backend)
         g_l, g_g, g_sg, g_cg, g_cs, g_tail = combine_out_backward(
             grad_out.contiguous(), loc, g, sg, cg, cs, tail_w, layout, backend)

@@ -62,6 +62,25 @@ def test_low_precision_input(backend, dtype):
     assert gx.dtype == dtype and gx.shape == x.shape
 
 
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_u_is_the_affine_of_xhat_the_backward_recomputes(backend, training):
+    """The chain saves xhat, not u, and its backward recomputes u from xhat (the Python
+    chain in adaptir_kernels.module, the C++ one in csrc/cpu/chain.cpp); the local
+    branch's recomputed values are those of the forward only if that u is bit for bit the
+    operator's. On the CPU the operators round a product, then a sum. On CUDA the Triton
+    kernel may contract the two into one multiply-add, so there only agreement to an ulp
+    is asserted."""
+    case = make_case(3, 7, 5, "nhwc", training, seed=30)
+    x, w, b, bw, bb, rm, rv = [t.float().to(DEVICE) for t in case.inputs]
+    u, xhat, _, _ = op.project_in(x, w, b, bw, bb, rm, rv, *case.consts, backend)
+    if DEVICE.type == "cuda":
+        expected = torch.addcmul(bb[:, None, None], xhat, bw[:, None, None])
+        torch.testing.assert_close(u, expected, rtol=2.5e-7, atol=1e-7)
+    else:
+        assert torch.equal(u, xhat * bw[:, None, None] + bb[:, None, None])
+
+
 def test_opcheck():
     case = make_case(2, 3, 4, "nhwc", True)
     args = [t.float() for t in case.inputs]
