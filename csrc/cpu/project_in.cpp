@@ -106,21 +106,27 @@ at::Tensor block_input(const at::Tensor& x2d, const RowBlocks::Block& k, at::Ten
   }
 }
 
-// Writes u and xhat for one block from z (rows of stride ldz).
+// Writes u and xhat for one block from z (rows of stride ldz). float32 first turns each
+// sample's rows into channel runs in tmp (h * (p1 - p0) floats; 8 x 8 transposes), so
+// the loops below read consecutive values instead of one per row of z.
 template <typename scalar_t>
 void normalise_block(const RowBlocks& rb, const RowBlocks::Block& k, const scalar_t* z,
                      int64_t h, int64_t ldz, const scalar_t* mean, const scalar_t* invstd,
-                     const scalar_t* bw, const scalar_t* bb, scalar_t* u, scalar_t* xhat) {
+                     const scalar_t* bw, const scalar_t* bb, scalar_t* u, scalar_t* xhat,
+                     scalar_t* tmp) {
+  constexpr bool kF32 = std::is_same_v<scalar_t, float>;
   const int64_t HW = rb.HW, np = k.p1 - k.p0, rs = k.pstride * ldz;
   for (int64_t n = k.n0; n < k.n1; ++n) {
     const scalar_t* zr = z + (k.row0 + rb.noff(k, n)) * ldz;
+    if constexpr (kF32) row_planes::to_planes(zr, rs, ldz, h, np, tmp, np);
+    const int64_t step = kF32 ? 1 : rs;
     for (int64_t j = 0; j < h; ++j) {
-      const scalar_t* zc = zr + j;
+      const scalar_t* zc = kF32 ? tmp + j * np : zr + j;
       const scalar_t m = mean[j], is = invstd[j], w = bw[j], b = bb[j];
       scalar_t* xo = xhat + (n * h + j) * HW + k.p0;
       scalar_t* uo = u + (n * h + j) * HW + k.p0;
       for (int64_t i = 0; i < np; ++i) {
-        const scalar_t v = (zc[i * rs] - m) * is;
+        const scalar_t v = (zc[i * step] - m) * is;
         xo[i] = v;
         uo[i] = v * w + b;
       }
@@ -180,6 +186,9 @@ void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weig
   parallel_items(rb.count, [&](ItemQueue& queue) {
     at::Tensor buf;
     if constexpr (!std::is_same_v<scalar_t, io_t>) buf = Scratch::get(1, max_rows, C, opts);
+    at::Tensor tbuf;  // float32 eval: normalise_block's channel runs
+    if (kF32 && !training) tbuf = Scratch::get(2, h, max_rows, opts);
+    scalar_t* tmp = tbuf.defined() ? tbuf.data_ptr<scalar_t>() : nullptr;
     std::vector<double> acc(h);
     for (int64_t b; queue.pop(b);) {
       const RowBlocks::Block k = rb.get(b);
@@ -208,7 +217,7 @@ void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weig
             m2[j] += d * d;
           }
       } else {
-        normalise_block(rb, k, zp, h, ldz, mean.data(), invstd.data(), bw, bb, up, xp);
+        normalise_block(rb, k, zp, h, ldz, mean.data(), invstd.data(), bw, bb, up, xp, tmp);
       }
     }
   });
@@ -240,8 +249,11 @@ void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weig
     invstd[j] = scalar_t(1) / std::sqrt(vo[j] + static_cast<scalar_t>(eps));
   }
   parallel_items(rb.count, [&](ItemQueue& queue) {
+    at::Tensor tbuf;
+    if constexpr (kF32) tbuf = Scratch::get(2, h, max_rows, opts);
+    scalar_t* tmp = kF32 ? tbuf.data_ptr<scalar_t>() : nullptr;
     for (int64_t b; queue.pop(b);)
-      normalise_block(rb, rb.get(b), zp, h, ldz, mean.data(), invstd.data(), bw, bb, up, xp);
+      normalise_block(rb, rb.get(b), zp, h, ldz, mean.data(), invstd.data(), bw, bb, up, xp, tmp);
   });
 }
 
