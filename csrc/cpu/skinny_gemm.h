@@ -42,6 +42,14 @@ inline int64_t outer_block_rows(int64_t C) {
   return std::min<int64_t>(64, std::max<int64_t>(8, (48 * 1024) / (4 * std::max<int64_t>(C, 1))));
 }
 
+// rows_dot fetches the rows kRowsAhead blocks of rows ahead into L2 (prefetcht1), in
+// every build. On a Xeon, fetching them into L1 three blocks ahead was up to 2x faster
+// than the non-temporal hint one block ahead; on an AMD EPYC (Zen 4) fetching into L2
+// instead is 1.1-1.25x faster again, from memory, in both builds (and within 10% of the
+// time from L2). Fetching into L2 has not been measured on an Intel CPU.
+constexpr int kRowsAhead = 3;
+constexpr int kRowsHint = 2;
+
 // Prefetches the cache lines [next, end) into every level, at most `lines` of them,
 // advancing next.
 inline void prefetch_lines(const char*& next, const char* end, int64_t lines) {

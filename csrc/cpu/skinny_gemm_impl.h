@@ -41,8 +41,9 @@ SG_AI void dot_rows(const float* x, int64_t C, const float* wt, int64_t ldw, con
     for (int i = 0; i < RB; ++i) acc[i][v] = b;
   }
   for (int64_t c = 0; c < C; ++c) {
-    if ((c & 15) == 0)
-      for (int i = 0; i < RB; ++i) __builtin_prefetch(x + (RB + i) * C + c, 0, 0);
+    if ((c & 15) == 0)  // the rows kRowsAhead blocks ahead (skinny_gemm.h)
+      for (int i = 0; i < RB; ++i)
+        __builtin_prefetch(x + (kRowsAhead * RB + i) * C + c, 0, kRowsHint);
     vf w[HV];
     for (int v = 0; v < HV; ++v) w[v] = ld(wt + c * ldw + 8 * v);
     for (int i = 0; i < RB; ++i) {
