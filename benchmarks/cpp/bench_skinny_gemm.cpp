@@ -8,7 +8,9 @@
 //   hot: every call works on the first row block (its C-wide rows stay in L1/L2);
 //   mem: the calls walk all rows (the C-wide side comes from memory, or L3 if it fits),
 //        as they do inside the module; expand then writes with streaming stores.
-// Prints the minimum over `repeats` passes and the arithmetic rate 2 * rows * C * h / t.
+// Prints the minimum over `repeats` passes and the arithmetic rate 2 * rows * C * h / t,
+// after the core's float32 FMA peak at 256 and 512 bits (twelve independent chains of
+// fused multiply-adds, where the CPU has the instructions) to compare the rates with.
 #include "cpu/skinny_gemm.h"
 
 #include <algorithm>
@@ -18,7 +20,69 @@
 #include <string>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 using adaptir::cpu::gemm::Build;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+// GFLOP/s of twelve independent FMA chains of LANES-float vectors, the best of five
+// passes. The body is spelled out per width (a lambda would not inherit the function's
+// target); the empty asm keeps each chain a real FMA per step, in a register.
+#define ADAPTIR_STEP(V)    \
+  do {                     \
+    V = FMA(V, m, b);      \
+    __asm__("" : "+v"(V)); \
+  } while (0)
+#define ADAPTIR_FMA_PEAK(VEC, SET1, FMA, FIRST, LANES)                                  \
+  constexpr long kIters = 20000000;                                                   \
+  double best = 0.0;                                                                  \
+  for (int pass = 0; pass < 5; ++pass) {                                              \
+    VEC a0 = SET1(0.5f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, \
+        a8 = a0, a9 = a0, a10 = a0, a11 = a0;                                         \
+    const VEC m = SET1(0.9999f), b = SET1(1e-6f);                                     \
+    const auto t0 = std::chrono::steady_clock::now();                                 \
+    for (long k = 0; k < kIters; ++k) {                                               \
+      ADAPTIR_STEP(a0); ADAPTIR_STEP(a1); ADAPTIR_STEP(a2); ADAPTIR_STEP(a3);         \
+      ADAPTIR_STEP(a4); ADAPTIR_STEP(a5); ADAPTIR_STEP(a6); ADAPTIR_STEP(a7);         \
+      ADAPTIR_STEP(a8); ADAPTIR_STEP(a9); ADAPTIR_STEP(a10); ADAPTIR_STEP(a11);       \
+    }                                                                                 \
+    const std::chrono::duration<double> t = std::chrono::steady_clock::now() - t0;    \
+    volatile float sink = FIRST(a0) + FIRST(a1) + FIRST(a2) + FIRST(a3) + FIRST(a4) +  \
+                          FIRST(a5) + FIRST(a6) + FIRST(a7) + FIRST(a8) + FIRST(a9) +  \
+                          FIRST(a10) + FIRST(a11);                                    \
+    (void)sink;                                                                       \
+    best = std::max(best, 2.0 * (LANES) * 12 * kIters / t.count() * 1e-9);            \
+  }                                                                                   \
+  return best;
+
+__attribute__((target("avx2,fma"))) static double peak256() {
+#define FMA _mm256_fmadd_ps
+  ADAPTIR_FMA_PEAK(__m256, _mm256_set1_ps, FMA, _mm256_cvtss_f32, 8)
+#undef FMA
+}
+
+__attribute__((target("avx512f"))) static double peak512() {
+#define FMA _mm512_fmadd_ps
+  ADAPTIR_FMA_PEAK(__m512, _mm512_set1_ps, FMA, _mm512_cvtss_f32, 16)
+#undef FMA
+}
+#undef ADAPTIR_FMA_PEAK
+#undef ADAPTIR_STEP
+
+static void print_peaks() {
+  __builtin_cpu_init();
+  std::printf("FMA peak, one thread:");
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    std::printf(" 256-bit %.0f GFLOP/s", peak256());
+  if (__builtin_cpu_supports("avx512f")) std::printf(", 512-bit %.0f GFLOP/s", peak512());
+  std::printf("\n");
+}
+#else
+static void print_peaks() {}
+#endif
 
 int main(int argc, char** argv) {
   const auto arg = [&](int i, int64_t d) { return argc > i ? std::atoll(argv[i]) : d; };
@@ -36,6 +100,7 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 11) * 0.1f;
   for (size_t i = 0; i < z.size(); ++i) z[i] = static_cast<float>(i % 7) * 0.1f;
   const double flops = 2.0 * static_cast<double>(rows) * C * h;
+  print_peaks();
   std::printf("C %lld, h %lld, rows %lld in blocks of %lld, min of %d, one thread\n",
               static_cast<long long>(C), static_cast<long long>(h),
               static_cast<long long>(rows), static_cast<long long>(block), repeats);
