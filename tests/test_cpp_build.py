@@ -5,6 +5,7 @@ extension without OpenMP where the compiler lacks it."""
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,14 @@ def test_cmake_build_and_ctest(tmp_path):
     _run(["cmake", "--build", str(build), "-j", jobs], cwd=tmp_path, timeout=1200)
     proc = _run(["ctest", "--test-dir", str(build), "--output-on-failure"], cwd=tmp_path, timeout=300)
     assert "100% tests passed" in proc.stdout
+    # The micro-benchmark builds too and runs on a small case: a line per build and case.
+    proc = _run([str(build / "bench_skinny_gemm"), "40", "5", "100", "30", "1"], cwd=tmp_path, timeout=120)
+    lines = proc.stdout.splitlines()
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert lines[0].startswith("FMA peak"), proc.stdout
+    timed = [line.split()[:2] for line in lines if "rows_dot" in line]
+    assert ["baseline", "hot"] in timed and ["baseline", "mem"] in timed, proc.stdout
+    assert len(timed) % 2 == 0 and all(case in ("hot", "mem") for _, case in timed), proc.stdout
 
 
 def _setup_version(**env):
