@@ -45,8 +45,9 @@ inline int64_t outer_block_rows(int64_t C) {
 // rows_dot fetches the rows kRowsAhead blocks of rows ahead into L2 (prefetcht1), in
 // every build. On a Xeon, fetching them into L1 three blocks ahead was up to 2x faster
 // than the non-temporal hint one block ahead; on an AMD EPYC (Zen 4) fetching into L2
-// instead is 1.1-1.25x faster again, from memory, in both builds (and within 10% of the
-// time from L2). Fetching into L2 has not been measured on an Intel CPU.
+// instead is 1.1-1.45x faster again, from memory, in both builds (benchmarks/cpp/
+// bench_skinny_gemm). Fetching into L2 has not been measured on an Intel CPU, nor on the
+// Zen 3 EPYC where the AVX2 build's non-temporal hint was chosen.
 constexpr int kRowsAhead = 3;
 constexpr int kRowsHint = 2;
 
@@ -58,7 +59,7 @@ inline void prefetch_lines(const char*& next, const char* end, int64_t lines) {
 
 // The next sub-block of outer's rows, fetched a few lines per row of the tiles that
 // compute the current one. Spread this way its misses overlap the arithmetic; fetched
-// in one burst per tile (as before), outer ran 1.75x slower from memory on an AMD EPYC
+// in one burst per tile, outer ran 1.7-2.1x slower from memory on an AMD EPYC
 // (Zen 4), where the burst stalls the loads of the tile.
 struct LineFetch {
   const char* next;
