@@ -19,7 +19,8 @@
 #include "router.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/ops/addcmul.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/mul.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
@@ -96,24 +97,21 @@ at::Tensor bn_affine(const at::Tensor& xhat, const at::Tensor& w, const at::Tens
   if (xhat.dim() != 4 || xhat.size(1) != h || w.scalar_type() != xhat.scalar_type() ||
       b.scalar_type() != xhat.scalar_type() || !xhat.is_contiguous() ||
       (xhat.scalar_type() != at::kFloat && xhat.scalar_type() != at::kDouble))
-    return at::addcmul(b.view({-1, 1, 1}), xhat, w.view({-1, 1, 1}));
+    return at::add(at::mul(xhat, w.view({-1, 1, 1})), b.view({-1, 1, 1}));  // same rounding
   at::Tensor u = new_output(xhat.sizes(), xhat.options());
-  const int64_t planes = xhat.size(0) * h, HW = xhat.size(2) * xhat.size(3);
+  const PlaneChunks pc(xhat.size(0) * h, xhat.size(2) * xhat.size(3), 4096);
   AT_DISPATCH_FLOATING_TYPES(xhat.scalar_type(), "bn_affine", [&] {
     const at::Tensor wc = w.contiguous(), bc = b.contiguous();
     const scalar_t* xp = xhat.const_data_ptr<scalar_t>();
     const scalar_t* wp = wc.const_data_ptr<scalar_t>();
     const scalar_t* bp = bc.const_data_ptr<scalar_t>();
     scalar_t* up = u.data_ptr<scalar_t>();
-    at::parallel_for(0, planes, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(HW, 1)),
-                     [&](int64_t p0, int64_t p1) {
-                       for (int64_t p = p0; p < p1; ++p) {
-                         const scalar_t wj = wp[p % h], bj = bp[p % h];
-                         const scalar_t* xr = xp + p * HW;
-                         scalar_t* ur = up + p * HW;
-                         for (int64_t i = 0; i < HW; ++i) ur[i] = xr[i] * wj + bj;
-                       }
-                     });
+    parallel_plane_chunks(pc, [&](int64_t p, int64_t begin, int64_t end, int64_t) {
+      const scalar_t wj = wp[p % h], bj = bp[p % h];
+      const scalar_t* xr = xp + p * pc.plane_len;
+      scalar_t* ur = up + p * pc.plane_len;
+      for (int64_t i = begin; i < end; ++i) ur[i] = xr[i] * wj + bj;
+    });
   });
   return u;
 }
