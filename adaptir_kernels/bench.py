@@ -824,7 +824,8 @@ def source_revision(root: Optional[str] = None) -> Optional[str]:
 def cpu_isa() -> Optional[str]:
     """Which build of the C++ extension's vector kernels runs ('avx512': the skinny
     products in AVX-512 and the rest in AVX2; 'avx2'; or 'baseline'; ADAPTIR_CPU_AVX512=0
-    and ADAPTIR_CPU_AVX2=0 select the latter two), or None without the extension."""
+    and ADAPTIR_CPU_AVX2=0 select the latter two, ADAPTIR_CPU_AVX512=1 the first where the
+    CPU has it), or None without the extension."""
     if not cpp_available():
         return None
     from . import _ext

@@ -16,7 +16,8 @@ PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS,
      "Instruction set of the CPU vector kernels: 'avx512' (the skinny products in "
      "AVX-512, the other vector kernels in AVX2+FMA), 'avx2' (all in AVX2+FMA: the CPU "
-     "lacks AVX-512F/VL, or ADAPTIR_CPU_AVX512=0 was set) or 'baseline' (the CPU lacks "
+     "lacks AVX-512F/VL, or is an AMD family 19h (Zen 4) one and ADAPTIR_CPU_AVX512=1 "
+     "was not set, or ADAPTIR_CPU_AVX512=0 was set) or 'baseline' (the CPU lacks "
      "AVX2/FMA, or ADAPTIR_CPU_AVX2=0 was set)."},
     {nullptr, nullptr, 0, nullptr},
 };

@@ -1,9 +1,11 @@
 """The C++ kernels that have several builds (AVX2+FMA and baseline x86-64: the skinny
 products, the small FFTs, the local branch's tiles and combine_out's backward rows; and
-AVX-512: the skinny products) pass the C++ parity tests with each. A machine runs only
-its best build unless ADAPTIR_CPU_AVX512=0 (AVX2) or ADAPTIR_CPU_AVX2=0 (baseline) selects
-another, which these tests do in child processes. The AVX-512 and AVX2 builds give
-bitwise equal results."""
+AVX-512: the skinny products) pass the C++ parity tests with each. A machine runs one
+build by default (AVX-512 where the CPU has it, except on AMD family 19h, Zen 4, whose
+512-bit operations run as two 256-bit halves; else AVX2; else the baseline), and
+ADAPTIR_CPU_AVX512=0 (AVX2), ADAPTIR_CPU_AVX512=1 (AVX-512 where the CPU has it) or
+ADAPTIR_CPU_AVX2=0 (baseline) selects another, which these tests do in child processes.
+The AVX-512 and AVX2 builds give bitwise equal results."""
 
 import os
 import pathlib
@@ -41,6 +43,22 @@ def _cpu_flags() -> set:
     return set()
 
 
+def _amd_family_19h() -> bool:
+    """An AMD CPU of family 19h (Zen 3, Zen 4), from /proc/cpuinfo."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    fields = {}
+    for line in text.splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            fields.setdefault(key.strip(), value.strip())
+        elif fields:
+            break
+    return fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25"
+
+
 def _compiler_is_clang() -> bool:
     from torch.utils.cpp_extension import get_cxx_compiler
 
@@ -59,7 +77,7 @@ def test_default_isa_follows_the_cpu():
     has_build = platform.machine() in ("x86_64", "AMD64") and not _compiler_is_clang()
     want = "baseline"
     if has_build and {"avx2", "fma"} <= flags:
-        want = "avx512" if {"avx512f", "avx512vl"} <= flags else "avx2"
+        want = "avx512" if {"avx512f", "avx512vl"} <= flags and not _amd_family_19h() else "avx2"
     env = {k: v for k, v in os.environ.items() if k not in ("ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512")}
     assert _child_isa(env) == want
     if not {"ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512"} & set(os.environ):
@@ -79,6 +97,30 @@ def test_env_selects_the_avx2_build():
     if _default_isa() == "baseline":
         pytest.skip("this CPU or compiler has no AVX2 build to select")
     assert _child_isa(dict(os.environ, ADAPTIR_CPU_AVX512="0")) == "avx2"
+
+
+def _clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512")}
+    env.update(extra)
+    return env
+
+
+def _can_avx512() -> bool:
+    """The CPU and the build run the AVX-512 products when asked to."""
+    return _child_isa(_clean_env(ADAPTIR_CPU_AVX512="1")) == "avx512"
+
+
+def test_env_selects_the_avx512_build_where_the_cpu_has_it():
+    flags = _cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags to compare with")
+    if _default_isa() == "baseline":
+        pytest.skip("this CPU or compiler has no AVX2 build, so no AVX-512 one either")
+    want = "avx512" if {"avx512f", "avx512vl"} <= flags else "avx2"
+    assert _child_isa(_clean_env(ADAPTIR_CPU_AVX512="1")) == want
+    # "0" wins over the CPU, and the baseline switch over both.
+    assert _child_isa(_clean_env(ADAPTIR_CPU_AVX512="0")) == "avx2"
+    assert _child_isa(_clean_env(ADAPTIR_CPU_AVX2="0", ADAPTIR_CPU_AVX512="1")) == "baseline"
 
 
 _RUN_MODULE = """
@@ -105,14 +147,13 @@ torch.save(out, sys.argv[1])
 def test_avx512_and_avx2_builds_give_bitwise_equal_modules(tmp_path):
     """The whole fused module, forward and every gradient, at EDT and IPT widths (h = 12
     and 24, C not a multiple of 16 at 180), is bitwise the same with either build."""
-    if _default_isa() != "avx512":
+    if not _can_avx512():
         pytest.skip("this CPU runs no AVX-512 build (it needs AVX-512F and VL, GCC on x86-64)")
     script = tmp_path / "run.py"
     script.write_text(_RUN_MODULE)
     results = {}
-    for isa, extra in (("avx512", {}), ("avx2", {"ADAPTIR_CPU_AVX512": "0"})):
-        env = {k: v for k, v in os.environ.items() if k not in ("ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512")}
-        env.update(extra)
+    for isa, value in (("avx512", "1"), ("avx2", "0")):
+        env = _clean_env(ADAPTIR_CPU_AVX512=value)
         subprocess.run([sys.executable, str(script), str(tmp_path / f"{isa}.pt")], env=env, check=True,
                        capture_output=True, text=True)
         results[isa] = torch.load(tmp_path / f"{isa}.pt")
@@ -140,8 +181,14 @@ def test_cpp_parity_tests_pass_on_the_baseline_build(tmp_path):
     _run_cpp_parity_tests(tmp_path, dict(os.environ, ADAPTIR_CPU_AVX2="0"))
 
 
-def test_cpp_parity_tests_pass_on_the_avx2_build(tmp_path):
-    if _ext.require().cpu_isa() != "avx512":
-        pytest.skip("this process does not run the AVX-512 build, so the AVX2 build (if any) is the one "
-                    "the rest of the suite tests")
-    _run_cpp_parity_tests(tmp_path, dict(os.environ, ADAPTIR_CPU_AVX512="0"))
+def test_cpp_parity_tests_pass_on_the_other_vector_build(tmp_path):
+    """The rest of the suite tests the build this process runs; this runs the C++ parity
+    tests on the other of AVX-512 and AVX2, where the CPU has both."""
+    isa = _ext.require().cpu_isa()
+    if isa == "avx512":
+        _run_cpp_parity_tests(tmp_path, dict(os.environ, ADAPTIR_CPU_AVX512="0"))
+    elif isa == "avx2" and os.environ.get("ADAPTIR_CPU_AVX512") != "0" and _can_avx512():
+        _run_cpp_parity_tests(tmp_path, _clean_env(ADAPTIR_CPU_AVX512="1"))
+    else:
+        pytest.skip(f"this process runs the {isa} build and the CPU (or ADAPTIR_CPU_AVX512=0) leaves no "
+                    "other vector build to test")

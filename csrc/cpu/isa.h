@@ -29,7 +29,14 @@ bool cpu_has_avx2_fma();
 
 // True where the AVX2 builds are in use (above), the CPU has AVX-512F and AVX-512VL, and
 // the environment variable ADAPTIR_CPU_AVX512 is not "0" at the first call ("0" keeps
-// the AVX2 builds, so that both can be tested on one machine). Read once per process.
+// the AVX2 builds, so that both can be tested on one machine): the AVX-512 builds can
+// run. Read once per process.
+bool cpu_can_avx512();
+
+// True where the AVX-512 builds can run (above) and are chosen: by default everywhere
+// but on AMD family 19h (Zen 4), whose 512-bit operations run as two 256-bit halves and
+// where the AVX2 builds were as fast or faster; ADAPTIR_CPU_AVX512=1 chooses them there
+// too. Read once per process.
 bool cpu_has_avx512();
 
 // "avx512" (the skinny products in AVX-512, the other vector kernels in AVX2), "avx2"

@@ -116,7 +116,7 @@ std::vector<Build> builds() {
 #ifdef ADAPTIR_AVX2_BUILDS
   if (cpu_has_avx2_fma())
     out.push_back({"avx2", &avx2::rows_dot_impl, &avx2::expand_impl, &avx2::outer_impl});
-  if (cpu_has_avx512())
+  if (cpu_can_avx512())
     out.push_back({"avx512", &avx512::rows_dot_impl, &avx512::expand_impl, &avx512::outer_impl});
 #endif
   return out;

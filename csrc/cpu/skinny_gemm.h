@@ -106,8 +106,9 @@ struct Build {
   void (*outer)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*);
 };
 
-// The builds this process can run: "baseline", then "avx2" and "avx512" where in use
-// (ADAPTIR_CPU_AVX2=0 / ADAPTIR_CPU_AVX512=0 leave them out).
+// The builds this process can run: "baseline", then "avx2" where in use and "avx512"
+// where the CPU runs it, chosen or not (ADAPTIR_CPU_AVX2=0 / ADAPTIR_CPU_AVX512=0 leave
+// them out).
 std::vector<Build> builds();
 
 }  // namespace adaptir::cpu::gemm
