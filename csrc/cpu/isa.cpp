@@ -28,9 +28,9 @@ namespace {
 // AMD family 19h (Zen 3 and Zen 4): where it has AVX-512 (Zen 4), each 512-bit operation
 // runs as two 256-bit halves, so 16-float vectors bring no more flops per cycle than
 // 8-float ones. On such a CPU (a Zen 4 EPYC, benchmarks/RESULTS.md) the module with the
-// AVX2 products took 0.96-1.0x the time it took with the AVX-512 ones (median of 28
-// alternating pairs of runs per shape and column), and the products alone on two
-// threads, from L2, ran up to 1.25x faster.
+// AVX2 products took 0.96-1.0x the time it took with the AVX-512 ones (medians over 40
+// alternating pairs of runs, per shape and column), and outer alone, on one thread from
+// L2, ran 1.25x faster.
 bool splits_512_bit_ops() {
 #if defined(__x86_64__)
   unsigned a = 0, b = 0, c = 0, d = 0;
