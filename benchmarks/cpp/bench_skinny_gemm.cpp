@@ -1,16 +1,22 @@
-// Times the three skinny products of csrc/cpu/skinny_gemm.h alone, on one thread, for
-// every build this CPU runs (avx512, avx2, baseline), the way the fused operators call
-// them: row blocks of a (rows, C) matrix, h hidden columns.
+// Times the three skinny products of csrc/cpu/skinny_gemm.h alone, for every build this
+// CPU runs (avx512, avx2, baseline), the way the fused operators call them: row blocks
+// of a (rows, C) matrix, h hidden columns, the blocks shared out among `threads` threads
+// (OpenMP, dynamic: as parallel_items does in the module).
 //
-//   bench_skinny_gemm [C h rows block repeats]     (default: 180 12 36864 364 15, edt-train)
+//   bench_skinny_gemm [C h rows block repeats threads]   (default: 180 12 36864 364 15 1, edt-train)
 //
 // Two cases per build:
-//   hot: every call works on the first row block (its C-wide rows stay in L1/L2);
-//   mem: the calls walk all rows (the C-wide side comes from memory, or L3 if it fits),
-//        as they do inside the module; expand then writes with streaming stores.
+//   hot: every call works on its thread's first row block (its C-wide rows stay in
+//        L1/L2);
+//   mem: the calls walk all rows, as they do inside the module, after a pass over a
+//        64 MiB buffer has pushed the C-wide side out of the caches; expand then writes
+//        with streaming stores.
 // Prints the minimum over `repeats` passes and the arithmetic rate 2 * rows * C * h / t,
 // after the core's float32 FMA peak at 256 and 512 bits (twelve independent chains of
-// fused multiply-adds, where the CPU has the instructions) to compare the rates with.
+// fused multiply-adds, where the CPU has the instructions) to compare the rates with,
+// and the time of one read and of one streaming write of the (rows, C) matrix in the
+// same blocks on the same threads: a product from memory costs at least its read (or
+// write), and at most about that plus its time from L1/L2.
 #include "cpu/skinny_gemm.h"
 
 #include <algorithm>
@@ -22,6 +28,9 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
 #endif
 
 using adaptir::cpu::gemm::Build;
@@ -84,43 +93,126 @@ static void print_peaks() {
 static void print_peaks() {}
 #endif
 
+// Calls body(r0, n, thread) for every block of `rows` rows on `threads` threads.
+template <typename F>
+static void blocks(int64_t rows, int64_t block, int threads, const F& body) {
+  const int64_t count = (rows + block - 1) / block;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+#endif
+  for (int64_t b = 0; b < count; ++b) {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num();
+#else
+    const int t = 0;
+#endif
+    body(b * block, std::min(block, rows - b * block), t);
+  }
+}
+
+// Sum of n floats (the compiler vectorises it); a read pass over memory.
+static float sum_floats(const float* a, int64_t n) {
+  float s[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int k = 0; k < 16; ++k) s[k] += a[i + k];
+  for (; i < n; ++i) s[0] += a[i];
+  float t = 0.0f;
+  for (const float v : s) t += v;
+  return t;
+}
+
+// dst[0, n) = v with streaming stores where dst is 16-byte aligned.
+static void stream_fill(float* dst, int64_t n, float v) {
+  int64_t i = 0;
+#if defined(__x86_64__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = v;
+  const __m128 vv = _mm_set1_ps(v);
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, vv);
+  _mm_sfence();
+#endif
+  for (; i < n; ++i) dst[i] = v;
+}
+
 int main(int argc, char** argv) {
   const auto arg = [&](int i, int64_t d) { return argc > i ? std::atoll(argv[i]) : d; };
   const int64_t C = arg(1, 180), h = arg(2, 12), rows = arg(3, 36864), block = arg(4, 364);
   const int repeats = static_cast<int>(arg(5, 15));
-  if (C < 1 || h < 1 || rows < 1 || block < 1 || repeats < 1) {
-    std::fprintf(stderr, "usage: %s [C h rows block repeats], all positive\n", argv[0]);
+  const int threads = static_cast<int>(arg(6, 1));
+  if (C < 1 || h < 1 || rows < 1 || block < 1 || repeats < 1 || threads < 1 || threads > 256) {
+    std::fprintf(stderr, "usage: %s [C h rows block repeats threads], all positive, threads <= 256\n",
+                 argv[0]);
     return 2;
   }
+#ifndef _OPENMP
+  if (threads > 1) {
+    std::fprintf(stderr, "%s: built without OpenMP, so one thread only\n", argv[0]);
+    return 2;
+  }
+#endif
   const int64_t hp = adaptir::cpu::gemm::padded(h);
-  std::vector<float> x(rows * C), y(rows * C), wt(C * hp, 0.0f), w(h * C), z(rows * hp), p(h * C);
+  std::vector<float> x(rows * C), y(rows * C), wt(C * hp, 0.0f), w(h * C), z(rows * hp),
+      p(threads * h * C);
   for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 97) * 0.01f;
   for (int64_t c = 0; c < C; ++c)
     for (int64_t j = 0; j < h; ++j) wt[c * hp + j] = static_cast<float>((c + j) % 13) * 0.1f;
   for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 11) * 0.1f;
   for (size_t i = 0; i < z.size(); ++i) z[i] = static_cast<float>(i % 7) * 0.1f;
   const double flops = 2.0 * static_cast<double>(rows) * C * h;
+  const double bytes = 4.0 * static_cast<double>(rows) * C;
   print_peaks();
-  std::printf("C %lld, h %lld, rows %lld in blocks of %lld, min of %d, one thread\n",
+  std::printf("C %lld, h %lld, rows %lld in blocks of %lld, min of %d, %d thread%s\n",
               static_cast<long long>(C), static_cast<long long>(h),
-              static_cast<long long>(rows), static_cast<long long>(block), repeats);
+              static_cast<long long>(rows), static_cast<long long>(block), repeats, threads,
+              threads == 1 ? "" : "s");
+  // Written before each timed pass from memory, so that the pass finds nothing of x or
+  // y in the caches (inside the module, other C-wide passes run in between).
+  std::vector<float> evict(size_t{16} << 20, 0.0f);
+  const auto flush = [&] {
+    for (size_t i = 0; i < evict.size(); i += 16) evict[i] += 1.0f;
+  };
+  const auto seconds = [](const auto& t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  {
+    std::vector<float> partial(static_cast<size_t>(threads) * 16, 0.0f);
+    double best_read = 1e30, best_write = 1e30;
+    for (int rep = 0; rep < repeats; ++rep) {
+      flush();
+      auto t0 = std::chrono::steady_clock::now();
+      blocks(rows, block, threads, [&](int64_t r0, int64_t n, int t) {
+        partial[t * 16] += sum_floats(x.data() + r0 * C, n * C);
+      });
+      best_read = std::min(best_read, seconds(t0));
+      flush();
+      t0 = std::chrono::steady_clock::now();
+      blocks(rows, block, threads, [&](int64_t r0, int64_t n, int) {
+        stream_fill(y.data() + r0 * C, n * C, 1.0f);
+      });
+      best_write = std::min(best_write, seconds(t0));
+    }
+    std::printf("memory    read %7.3f ms %5.1f GB/s   streaming write %7.3f ms %5.1f GB/s   (checksum %g)\n",
+                best_read * 1e3, bytes / best_read * 1e-9, best_write * 1e3, bytes / best_write * 1e-9,
+                static_cast<double>(partial[0] + evict[0]));
+  }
   for (const Build& b : adaptir::cpu::gemm::builds()) {
     for (const bool hot : {true, false}) {
       double best[3] = {1e30, 1e30, 1e30};
       for (int rep = 0; rep < repeats; ++rep)
         for (int op = 0; op < 3; ++op) {
+          if (!hot) flush();
           const auto t0 = std::chrono::steady_clock::now();
-          for (int64_t r0 = 0; r0 < rows; r0 += block) {
-            const int64_t n = std::min(block, rows - r0), at = hot ? 0 : r0;
+          blocks(rows, block, threads, [&](int64_t r0, int64_t n, int t) {
+            // hot: each thread keeps to its own first block (n rows of it).
+            const int64_t at = hot ? std::min<int64_t>(t * block, rows - n) : r0;
             if (op == 0)
               b.rows_dot(x.data() + at * C, n, C, wt.data(), hp, nullptr, z.data() + at * hp, hp);
             else if (op == 1)
               b.expand(z.data() + at * hp, hp, n, h, w.data(), C, y.data() + at * C, !hot);
             else
-              b.outer(z.data() + at * hp, hp, n, h, x.data() + at * C, C, p.data());
-          }
-          const std::chrono::duration<double> t = std::chrono::steady_clock::now() - t0;
-          best[op] = std::min(best[op], t.count());
+              b.outer(z.data() + at * hp, hp, n, h, x.data() + at * C, C, p.data() + t * h * C);
+          });
+          best[op] = std::min(best[op], seconds(t0));
         }
       std::printf("%-9s %s  rows_dot %7.3f ms %4.0f GFLOP/s   expand %7.3f ms %4.0f GFLOP/s   "
                   "outer %7.3f ms %4.0f GFLOP/s\n",
