@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 
 from adaptir_kernels.reference import AdaptIR as ReferenceAdaptIR
@@ -10,6 +13,15 @@ from adaptir_kernels.testing import randomize  # noqa: F401  (re-exported for th
 # (N, H, W): odd and unequal sizes, H or W = 1, N = 1.
 SHAPES = [(2, 5, 7), (1, 4, 4), (3, 1, 6), (2, 6, 1), (1, 3, 8), (2, 8, 5)]
 
+
+
+def load_benchmark_script(filename: str):
+    """A script of benchmarks/ (not a package) imported as a module, for its tests."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", filename)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(filename)[0], path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def make_pair(cls, d_model=56, preset="edt", layout="nhwc", seed=0, **kw):

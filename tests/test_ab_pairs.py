@@ -1,22 +1,16 @@
 """benchmarks/ab_pairs.py: runs are paired by their suffix, the ratio is B over A per
 pair, rows missing from either run or not ok are left out, and no pairs is an error."""
 
-import importlib.util
 import json
 import os
 
 import pytest
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "benchmarks", "ab_pairs.py")
+from helpers import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def ab():
-    spec = importlib.util.spec_from_file_location("ab_pairs", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("ab_pairs.py")
 
 
 def _write(folder, name, fused, ref=100.0, status="ok", extra_shape=False):

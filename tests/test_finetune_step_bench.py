@@ -2,21 +2,13 @@
 inside the step sees every adapter once forward and once backward, also the first
 adapter, whose input needs no gradient (everything before it is frozen)."""
 
-import importlib.util
-import os
-
 import pytest
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "benchmarks", "bench_finetune_step.py")
+from helpers import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_finetune_step", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("bench_finetune_step.py")
 
 
 def test_adapter_clock_inside_the_step(bench):

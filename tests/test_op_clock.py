@@ -2,25 +2,19 @@
 forward+backward step, local_branch twice (forward, and recomputed in the backward), the
 clocked calls fit inside the step, and the module is left as it was."""
 
-import importlib.util
 import json
-import os
 
 import pytest
+from helpers import load_benchmark_script
 
 from adaptir_kernels.backends import cpp_available
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "op_clock.py")
 
 pytestmark = pytest.mark.skipif(not cpp_available(), reason="C++ extension not built")
 
 
 @pytest.fixture(scope="module")
 def oc():
-    spec = importlib.util.spec_from_file_location("op_clock", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("op_clock.py")
 
 
 def test_every_operator_inside_the_step(oc, tmp_path):
