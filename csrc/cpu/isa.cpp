@@ -29,8 +29,7 @@ namespace {
 // runs as two 256-bit halves, so 16-float vectors bring no more flops per cycle than
 // 8-float ones. On such a CPU (a Zen 4 EPYC, benchmarks/RESULTS.md) the module with the
 // AVX2 products took 0.96-1.0x the time it took with the AVX-512 ones (medians over 40
-// alternating pairs of runs, per shape and column), and outer alone, on one thread from
-// L2, ran 1.25x faster.
+// alternating pairs of runs, per shape and column).
 bool splits_512_bit_ops() {
 #if defined(__x86_64__)
   unsigned a = 0, b = 0, c = 0, d = 0;
