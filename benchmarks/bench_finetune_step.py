@@ -63,7 +63,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from adaptir_kernels.adapters import adapter_modules, fuse, inject, trainable_parameters  # noqa: E402
 from adaptir_kernels.backbones import EDT  # noqa: E402
-from adaptir_kernels.bench import Clock, source_revision  # noqa: E402
+from adaptir_kernels.bench import Clock, OperatorClock, source_revision  # noqa: E402
 from adaptir_kernels.train import make_optimizer  # noqa: E402
 
 VARIANTS = ("none", "eager", "fused")
@@ -267,57 +267,6 @@ def _time_round_robin(steps: Dict[str, Callable[[], None]], warmup: int, repeats
                         if isinstance(val, float):
                             part_samples.setdefault(v, {}).setdefault(k, []).append(val)
     return times, errors
-
-
-class OperatorClock:
-    """Host time of every fused-operator call (CPU only), by wrapping the fused module's
-    operator entry points (`adaptir_kernels.module.<op>` and `<op>_backward`) while
-    active. Meaningful with one fused variant in the run: every fused adapter shares the
-    entry points."""
-
-    NAMES = ("project_in", "local_branch", "global_branch", "router", "combine_out")
-
-    def __init__(self):
-        self.samples: Dict[str, List[float]] = {}
-        self._saved: Dict[str, Callable] = {}
-
-    def __enter__(self) -> "OperatorClock":
-        import adaptir_kernels.module as fused
-
-        # The C++ chain runs every operator inside one call: go operator by operator.
-        self._cpp_chain = fused.CPP_CHAIN
-        fused.CPP_CHAIN = False
-        for base in self.NAMES:
-            for name in (base, base + "_backward"):
-                fn = self._saved[name] = getattr(fused, name)
-                setattr(fused, name, self._timed(fn, self.samples.setdefault(name, [])))
-        return self
-
-    @staticmethod
-    def _timed(fn: Callable, out: List[float]) -> Callable:
-        def call(*args):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args)
-            finally:
-                out.append(time.perf_counter() - t0)
-
-        return call
-
-    def __exit__(self, *exc) -> bool:
-        import adaptir_kernels.module as fused
-
-        for name, fn in self._saved.items():
-            setattr(fused, name, fn)
-        fused.CPP_CHAIN = self._cpp_chain
-        return False
-
-    def per_adapter_call_ms(self) -> Dict[str, float]:
-        """Median call time times calls per adapter call (local_branch runs twice: forward
-        and recomputed in the backward), in ms."""
-        calls = len(self.samples.get("project_in", []))
-        return {name: 1e3 * statistics.median(v) * len(v) / calls
-                for name, v in self.samples.items() if v and calls}
 
 
 def run(

@@ -4,7 +4,7 @@
 
 Runs forward+backward of the fused module (backend cpp unless --backend) at a SPEC
 section 7 shape (`adaptir bench --full`'s shapes; `--batch` overrides N) and times every
-operator call with bench_finetune_step.OperatorClock: the operators run one by one from
+operator call with adaptir_kernels.bench.OperatorClock: the operators run one by one from
 Python (module.CPP_CHAIN off), each with the caches as the operators before it left
 them, which a benchmark of one operator alone does not reproduce. Prints per operator
 the median and minimum call time per step (local_branch runs twice per step: forward,
@@ -14,9 +14,7 @@ and recomputed in the backward), their sum, and the whole step, for each thread 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import statistics
 import sys
 import time
@@ -25,16 +23,6 @@ from typing import Dict, List, Optional
 import torch
 
 from adaptir_kernels import bench
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _operator_clock():
-    spec = importlib.util.spec_from_file_location("bench_finetune_step", os.path.join(HERE, "bench_finetune_step.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.OperatorClock
-
 
 def shape_by_name(name: str, batch: Optional[int] = None) -> bench.Shape:
     shapes = {s.name: s for s in bench.profile_shapes("full") if s.train}
@@ -57,7 +45,7 @@ def clock(shape: bench.Shape, threads: int, repeats: int, warmup: int, backend: 
         grad = bench.make_grad(shape, device)
         forward = bench.forward_fn(module, shape)
         steps: List[float] = []
-        with _operator_clock()() as ops:
+        with bench.OperatorClock() as ops:
             for i in range(warmup + repeats):
                 if i == warmup:
                     for v in ops.samples.values():
