@@ -32,23 +32,12 @@ def _child_isa(env) -> str:
                           check=True).stdout.strip()
 
 
-def _cpu_flags() -> set:
+def _cpuinfo() -> dict:
+    """The fields of the first processor in /proc/cpuinfo ({} without it)."""
     try:
         text = pathlib.Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def _amd_family_19h() -> bool:
-    """An AMD CPU of family 19h (Zen 3, Zen 4), from /proc/cpuinfo."""
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+        return {}
     fields = {}
     for line in text.splitlines():
         if ":" in line:
@@ -56,7 +45,24 @@ def _amd_family_19h() -> bool:
             fields.setdefault(key.strip(), value.strip())
         elif fields:
             break
+    return fields
+
+
+def _cpu_flags() -> set:
+    return set(_cpuinfo().get("flags", "").split())
+
+
+def _amd_family_19h() -> bool:
+    """An AMD CPU of family 19h (Zen 3, Zen 4)."""
+    fields = _cpuinfo()
     return fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25"
+
+
+def _clean_env(**extra) -> dict:
+    """This process's environment without the build switches, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512")}
+    env.update(extra)
+    return env
 
 
 def _compiler_is_clang() -> bool:
@@ -78,8 +84,7 @@ def test_default_isa_follows_the_cpu():
     want = "baseline"
     if has_build and {"avx2", "fma"} <= flags:
         want = "avx512" if {"avx512f", "avx512vl"} <= flags and not _amd_family_19h() else "avx2"
-    env = {k: v for k, v in os.environ.items() if k not in ("ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512")}
-    assert _child_isa(env) == want
+    assert _child_isa(_clean_env()) == want
     if not {"ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512"} & set(os.environ):
         assert _ext.require().cpu_isa() == want
 
@@ -90,19 +95,13 @@ def test_env_selects_the_baseline_build():
 
 
 def _default_isa() -> str:
-    return _child_isa({k: v for k, v in os.environ.items() if k not in ("ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512")})
+    return _child_isa(_clean_env())
 
 
 def test_env_selects_the_avx2_build():
     if _default_isa() == "baseline":
         pytest.skip("this CPU or compiler has no AVX2 build to select")
     assert _child_isa(dict(os.environ, ADAPTIR_CPU_AVX512="0")) == "avx2"
-
-
-def _clean_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("ADAPTIR_CPU_AVX2", "ADAPTIR_CPU_AVX512")}
-    env.update(extra)
-    return env
 
 
 def _can_avx512() -> bool:
