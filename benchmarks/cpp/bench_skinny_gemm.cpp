@@ -206,7 +206,7 @@ int main(int argc, char** argv) {
             // hot: each thread keeps to its own first block (n rows of it).
             const int64_t at = hot ? std::min<int64_t>(t * block, rows - n) : r0;
             if (op == 0)
-              b.rows_dot(x.data() + at * C, n, C, wt.data(), hp, nullptr, z.data() + at * hp, hp);
+              b.rows_dot(x.data() + at * C, n, C, wt.data(), h, hp, nullptr, z.data() + at * hp, hp);
             else if (op == 1)
               b.expand(z.data() + at * hp, hp, n, h, w.data(), C, y.data() + at * C, !hot);
             else

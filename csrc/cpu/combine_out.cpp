@@ -211,7 +211,7 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
       gather_v<scalar_t>(rb, k, d, in, v, ldv, tmp);
       scalar_t* tp = tpart.data_ptr<scalar_t>() + b * h * C;
       if constexpr (kF32) {
-        gemm::rows_dot(gob, k.rows, C, wpk.data(), ldv, nullptr, gv, ldv);
+        gemm::rows_dot(gob, k.rows, C, wpk.data(), h, ldv, nullptr, gv, ldv);
         gemm::outer(v, ldv, k.rows, h, gob, C, tp);
       } else {
         const at::Tensor gobt = at::from_blob(const_cast<scalar_t*>(gob), {k.rows, C}, opts);

@@ -195,7 +195,8 @@ void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weig
       const at::Tensor xb = block_input<scalar_t, io_t>(x2d, k, buf, C);
       scalar_t* zr = zp + k.row0 * ldz;
       if constexpr (kF32) {
-        gemm::rows_dot(xb.const_data_ptr<float>(), k.rows, C, wt.data(), ldz, bp.data(), zr, ldz);
+        gemm::rows_dot(xb.const_data_ptr<float>(), k.rows, C, wt.data(), h, ldz, bp.data(), zr,
+                       ldz);
       } else {
         at::Tensor zb = z.narrow(0, k.row0, k.rows);
         at::cpu::addmm_out(zb, bias, xb, wT);

@@ -31,7 +31,9 @@ static inline void stream_copy(float* dst, const float* src, int64_t n) {
   for (; i < n; ++i) dst[i] = src[i];
 }
 #define SG_ACC 12
+#define SG_PAIRS 1
 #include "skinny_gemm_impl.h"
+#undef SG_PAIRS
 #undef SG_ACC
 }  // namespace adaptir::cpu::gemm::avx2
 ADAPTIR_AVX2_END
@@ -93,9 +95,9 @@ bool uses_avx512() {
 #define SG_DISPATCH(fn, ...) base::fn(__VA_ARGS__)
 #endif
 
-void rows_dot(const float* x, int64_t R, int64_t C, const float* wt, int64_t hp,
+void rows_dot(const float* x, int64_t R, int64_t C, const float* wt, int64_t h, int64_t hp,
               const float* bias, float* z, int64_t ldz) {
-  SG_DISPATCH(rows_dot_impl, x, R, C, wt, hp, bias, z, ldz);
+  SG_DISPATCH(rows_dot_impl, x, R, C, wt, h, hp, bias, z, ldz);
 }
 
 void expand(const float* g, int64_t ldg, int64_t R, int64_t h, const float* w, int64_t C,

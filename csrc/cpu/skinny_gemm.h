@@ -3,7 +3,7 @@
 // hidden width h. Single-threaded (called per row block inside a parallel loop), with
 // a fixed summation order, so results never depend on the thread count. An AVX-512 or
 // AVX2+FMA version is chosen at run time where the CPU has it; the two give bitwise
-// equal results (each output element is the same chain of fused multiply-adds).
+// equal results (each output element comes from the same chains of fused multiply-adds).
 #pragma once
 
 #include <algorithm>
@@ -15,10 +15,10 @@ namespace adaptir::cpu::gemm {
 // Columns of a packed operand: h rounded up to a multiple of 8.
 inline int64_t padded(int64_t h) { return (h + 7) / 8 * 8; }
 
-// z[r, j] = bias[j] + sum_c x[r, c] wt[c, j] for j < hp; x: (R, C) rows of stride C,
-// wt: (C, hp) packed (zero columns beyond h), bias: hp values or nullptr,
-// z: rows of stride ldz >= hp.
-void rows_dot(const float* x, int64_t R, int64_t C, const float* wt, int64_t hp,
+// z[r, j] = bias[j] + sum_c x[r, c] wt[c, j] for j < h; x: (R, C) rows of stride C,
+// wt: (C, hp) packed (hp = padded(h), zero columns beyond h), bias: hp values or
+// nullptr, z: rows of stride ldz >= hp, whose columns [h, hp) may or may not be written.
+void rows_dot(const float* x, int64_t R, int64_t C, const float* wt, int64_t h, int64_t hp,
               const float* bias, float* z, int64_t ldz);
 
 // y[r, c] = sum_{j < h} g[r, j] w[j, c]; g rows of stride ldg, w: (h, C), y: (R, C).
@@ -90,6 +90,43 @@ void outer_blocks(const float* g, int64_t ldg, int64_t R, const float* x, int64_
   }
 }
 
+// rows_dot of the vector builds for h with 1-4 columns past a multiple of 8 (h = 12 at
+// EDT): vectors of 8 columns would leave 4-7 lanes of the last one idle (a quarter of
+// the arithmetic at h = 12). Instead lanes 2 k and 2 k + 1 of a group of 8 gather column
+// 4 v + k (v the group) over the even and over the odd c, so one broadcast of the
+// adjacent pair (x[r, c], x[r, c + 1]) feeds ceil(h / 4) groups. Each element is
+//   z[r, j] = (bias[j] + x[r, 0] wt[0, j] + x[r, 2] wt[2, j] + ...)
+//           + (x[r, 1] wt[1, j] + x[r, 3] wt[3, j] + ...),
+// each parenthesis one chain of fused multiply-adds in c order, in every vector build.
+// At edt-train's (36864, 180) x (180, 12) on an AMD EPYC (Zen 4), two threads, the AVX2
+// product took 0.78-0.80 ms from L2 against 0.94 with vectors of 8 columns
+// (benchmarks/cpp/bench_skinny_gemm). The groups per row (1, 3 or 5), or 0 where
+// rows_dot uses vectors of 8 columns.
+inline int pair_groups(int64_t h) {
+  const int64_t v = (h + 3) / 4;
+  return (h % 8 >= 1 && h % 8 <= 4 && v <= 5) ? static_cast<int>(v) : 0;
+}
+
+// Packs wt ((C, hp), zero columns beyond h) and bias (hp values or nullptr) for the
+// groups: wi[(c2 V + v) 8 + 2 k + e] = wt[2 c2 + e, 4 v + k] (0 past C or hp), then V
+// groups of the bias in the even lanes (0 in the odd ones). Returns wi (in buf).
+inline const float* pack_pairs(const float* wt, int64_t C, int64_t hp, const float* bias,
+                               int V, std::vector<float>& buf) {
+  const int64_t C2 = (C + 1) / 2;
+  buf.resize(static_cast<size_t>((C2 + 1) * V * 8));
+  float* wi = buf.data();
+  for (int64_t c2 = 0; c2 <= C2; ++c2)
+    for (int64_t j = 0; j < 4 * V; ++j)
+      for (int e = 0; e < 2; ++e) {
+        const int64_t c = 2 * c2 + e;
+        float val = 0.0f;
+        if (c2 < C2 && c < C && j < hp) val = wt[c * hp + j];
+        if (c2 == C2 && e == 0 && bias && j < hp) val = bias[j];
+        wi[(c2 * V + j / 4) * 8 + 2 * (j % 4) + e] = val;
+      }
+  return wi;
+}
+
 // Whether the AVX2+FMA versions are in use (the AVX-512 ones may be in use instead).
 bool uses_avx2();
 
@@ -100,8 +137,8 @@ bool uses_avx512();
 // streaming stores need an _mm_sfence() before another thread reads y.
 struct Build {
   const char* name;
-  void (*rows_dot)(const float*, int64_t, int64_t, const float*, int64_t, const float*, float*,
-                   int64_t);
+  void (*rows_dot)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, const float*,
+                   float*, int64_t);
   void (*expand)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*, bool);
   void (*outer)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*);
 };

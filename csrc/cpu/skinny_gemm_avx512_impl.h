@@ -4,8 +4,9 @@
 // ADAPTIR_AVX512_BEGIN and ADAPTIR_AVX512_END.
 //
 // Every output element is the same chain of fused multiply-adds, in the same order, as
-// in skinny_gemm_impl.h's AVX2 build (rows_dot: from the bias over c = 0, 1, ...;
-// expand: from zero over j; outer: from zero over the rows), so the two builds give
+// in skinny_gemm_impl.h's AVX2 build (rows_dot: from the bias over c = 0, 1, ..., or
+// the even and the odd c apart where skinny_gemm.h's pair_groups says so; expand: from
+// zero over j; outer: from zero over the rows), so the two builds give
 // bitwise equal results; only the blocking into registers differs.
 
 #define S5_AI static inline __attribute__((always_inline))
@@ -60,9 +61,84 @@ static void dot_hv(const float* x, int64_t R, int64_t C, const float* wt, int64_
   for (; r < R; ++r) dot_rows<HV, 1>(x + r * C, C, wt, ldw, bias, last, z + r * ldz, ldz);
 }
 
-// hp (columns of wt and z to produce) is a multiple of 8.
-static void rows_dot_impl(const float* x, int64_t R, int64_t C, const float* wt, int64_t hp,
-                          const float* bias, float* z, int64_t ldz) {
+// rows_dot in column pairs (skinny_gemm.h: pair_groups), RB rows: the groups of 8 lanes
+// two to a 16-float vector, an odd last one in an 8-float vector; the same lanes, and so
+// the same chains, as the AVX2 build's dot_pairs.
+template <int V, int RB>
+S5_AI void dot_pairs(const float* x, int64_t C, const float* wi, const float* bi, int64_t h,
+                     float* z, int64_t ldz) {
+  constexpr int NZ = V / 2 > 0 ? V / 2 : 1;  // (V = 1: no 16-float vector is used)
+  constexpr bool kZ = V >= 2, kY = V % 2 == 1;
+  __m512 az[RB][NZ];
+  __m256 ay[RB];
+  for (int i = 0; i < RB; ++i) {
+    if (kZ)
+      for (int q = 0; q < NZ; ++q) az[i][q] = _mm512_loadu_ps(bi + 16 * q);
+    if (kY) ay[i] = _mm256_loadu_ps(bi + 16 * (V / 2));
+  }
+  const int64_t C2 = C / 2;
+  for (int64_t c2 = 0; c2 < C2; ++c2) {
+    if ((c2 & 7) == 0)  // the rows kRowsAhead blocks ahead (skinny_gemm.h)
+      for (int i = 0; i < RB; ++i)
+        __builtin_prefetch(x + (kRowsAhead * RB + i) * C + 2 * c2, 0, kRowsHint);
+    const float* wc = wi + c2 * V * 8;
+    __m512 wz[NZ];
+    __m256 wy = _mm256_setzero_ps();
+    if (kZ)
+      for (int q = 0; q < NZ; ++q) wz[q] = _mm512_loadu_ps(wc + 16 * q);
+    if (kY) wy = _mm256_loadu_ps(wc + 16 * (V / 2));
+    for (int i = 0; i < RB; ++i) {
+      double pair;
+      __builtin_memcpy(&pair, x + i * C + 2 * c2, sizeof pair);
+      const __m512 xb = _mm512_castpd_ps(_mm512_set1_pd(pair));
+      if (kZ)
+        for (int q = 0; q < NZ; ++q) az[i][q] = _mm512_fmadd_ps(xb, wz[q], az[i][q]);
+      if (kY) ay[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(xb), wy, ay[i]);
+    }
+  }
+  if (C % 2 == 1) {  // the last column: the even lanes only (the odd ones add 0 * 0)
+    const float* wc = wi + C2 * V * 8;
+    for (int i = 0; i < RB; ++i) {
+      const __m512 xb = _mm512_maskz_mov_ps(0x5555, _mm512_set1_ps(x[i * C + C - 1]));
+      if (kZ)
+        for (int q = 0; q < NZ; ++q)
+          az[i][q] = _mm512_fmadd_ps(xb, _mm512_loadu_ps(wc + 16 * q), az[i][q]);
+      if (kY)
+        ay[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(xb), _mm256_loadu_ps(wc + 16 * (V / 2)),
+                                ay[i]);
+    }
+  }
+  float t[RB][V * 8];  // all stores first, at constant indices: the sums stay in registers
+  for (int i = 0; i < RB; ++i) {
+    if (kZ)
+      for (int q = 0; q < NZ; ++q) _mm512_storeu_ps(t[i] + 16 * q, az[i][q]);
+    if (kY) _mm256_storeu_ps(t[i] + 16 * (V / 2), ay[i]);
+  }
+  for (int i = 0; i < RB; ++i)
+    for (int64_t j = 0; j < h; ++j) z[i * ldz + j] = t[i][2 * j] + t[i][2 * j + 1];
+}
+
+template <int V>
+static void rows_dot_pairs(const float* x, int64_t R, int64_t C, const float* wt, int64_t hp,
+                           const float* bias, int64_t h, float* z, int64_t ldz) {
+  constexpr int RB = 8;
+  thread_local std::vector<float> buf;
+  const float* wi = pack_pairs(wt, C, hp, bias, V, buf);
+  const float* bi = wi + (C + 1) / 2 * V * 8;
+  int64_t r = 0;
+  for (; r + RB <= R; r += RB) dot_pairs<V, RB>(x + r * C, C, wi, bi, h, z + r * ldz, ldz);
+  for (; r < R; ++r) dot_pairs<V, 1>(x + r * C, C, wi, bi, h, z + r * ldz, ldz);
+}
+
+// hp (columns of wt and z to produce) is a multiple of 8; h <= hp columns are used.
+static void rows_dot_impl(const float* x, int64_t R, int64_t C, const float* wt, int64_t h,
+                          int64_t hp, const float* bias, float* z, int64_t ldz) {
+  switch (pair_groups(h)) {
+    case 1: return rows_dot_pairs<1>(x, R, C, wt, hp, bias, h, z, ldz);
+    case 3: return rows_dot_pairs<3>(x, R, C, wt, hp, bias, h, z, ldz);
+    case 5: return rows_dot_pairs<5>(x, R, C, wt, hp, bias, h, z, ldz);
+    default: break;
+  }
   for (int64_t j0 = 0; j0 < hp; j0 += 32) {
     const int64_t n = std::min<int64_t>(32, hp - j0);
     const __mmask16 last = lanes(n > 16 ? n - 16 : n);

@@ -64,9 +64,74 @@ static void dot_hv(const float* x, int64_t R, int64_t C, const float* wt, int64_
   for (; r < R; ++r) dot_rows<HV, 1>(x + r * C, C, wt, ldw, bias, z + r * ldz, ldz);
 }
 
-// hp (columns of wt and z to produce) is a multiple of 8.
-static void rows_dot_impl(const float* x, int64_t R, int64_t C, const float* wt, int64_t hp,
-                          const float* bias, float* z, int64_t ldz) {
+#ifdef SG_PAIRS
+// ---- rows_dot in column pairs (skinny_gemm.h: pair_groups) ------------------------
+
+// RB rows: lanes 2 k and 2 k + 1 of vector v gather column 4 v + k over the even and the
+// odd c; one broadcast of (x[r, c], x[r, c + 1]) feeds the row's V fused multiply-adds.
+template <int V, int RB>
+SG_AI void dot_pairs(const float* x, int64_t C, const float* wi, const float* bi, int64_t h,
+                     float* z, int64_t ldz) {
+  __m256 acc[RB][V];
+  for (int v = 0; v < V; ++v) {
+    const __m256 b = _mm256_loadu_ps(bi + 8 * v);
+    for (int i = 0; i < RB; ++i) acc[i][v] = b;
+  }
+  const int64_t C2 = C / 2;
+  for (int64_t c2 = 0; c2 < C2; ++c2) {
+    if ((c2 & 7) == 0)  // the rows kRowsAhead blocks ahead (skinny_gemm.h)
+      for (int i = 0; i < RB; ++i)
+        __builtin_prefetch(x + (kRowsAhead * RB + i) * C + 2 * c2, 0, kRowsHint);
+    __m256 w[V];
+    for (int v = 0; v < V; ++v) w[v] = _mm256_loadu_ps(wi + (c2 * V + v) * 8);
+    for (int i = 0; i < RB; ++i) {
+      double pair;
+      __builtin_memcpy(&pair, x + i * C + 2 * c2, sizeof pair);
+      const __m256 xb = _mm256_castpd_ps(_mm256_set1_pd(pair));
+      for (int v = 0; v < V; ++v) acc[i][v] = _mm256_fmadd_ps(xb, w[v], acc[i][v]);
+    }
+  }
+  if (C % 2 == 1) {  // the last column: the even lanes only (the odd ones add 0 * 0)
+    const __m256 even = _mm256_castsi256_ps(_mm256_set_epi32(0, -1, 0, -1, 0, -1, 0, -1));
+    __m256 w[V];
+    for (int v = 0; v < V; ++v) w[v] = _mm256_loadu_ps(wi + (C2 * V + v) * 8);
+    for (int i = 0; i < RB; ++i) {
+      const __m256 xb = _mm256_and_ps(_mm256_set1_ps(x[i * C + C - 1]), even);
+      for (int v = 0; v < V; ++v) acc[i][v] = _mm256_fmadd_ps(xb, w[v], acc[i][v]);
+    }
+  }
+  float t[RB][V * 8];  // all stores first, at constant indices: acc stays in registers
+  for (int i = 0; i < RB; ++i)
+    for (int v = 0; v < V; ++v) _mm256_storeu_ps(t[i] + 8 * v, acc[i][v]);
+  for (int i = 0; i < RB; ++i)
+    for (int64_t j = 0; j < h; ++j) z[i * ldz + j] = t[i][2 * j] + t[i][2 * j + 1];
+}
+
+template <int V>
+static void rows_dot_pairs(const float* x, int64_t R, int64_t C, const float* wt, int64_t hp,
+                           const float* bias, int64_t h, float* z, int64_t ldz) {
+  constexpr int RB = V == 1 ? 8 : (V == 3 ? 4 : 2);
+  thread_local std::vector<float> buf;
+  const float* wi = pack_pairs(wt, C, hp, bias, V, buf);
+  const float* bi = wi + (C + 1) / 2 * V * 8;
+  int64_t r = 0;
+  for (; r + RB <= R; r += RB) dot_pairs<V, RB>(x + r * C, C, wi, bi, h, z + r * ldz, ldz);
+  for (; r < R; ++r) dot_pairs<V, 1>(x + r * C, C, wi, bi, h, z + r * ldz, ldz);
+}
+#endif
+
+// hp (columns of wt and z to produce) is a multiple of 8; h <= hp columns are used.
+static void rows_dot_impl(const float* x, int64_t R, int64_t C, const float* wt, int64_t h,
+                          int64_t hp, const float* bias, float* z, int64_t ldz) {
+#ifdef SG_PAIRS
+  switch (pair_groups(h)) {
+    case 1: return rows_dot_pairs<1>(x, R, C, wt, hp, bias, h, z, ldz);
+    case 3: return rows_dot_pairs<3>(x, R, C, wt, hp, bias, h, z, ldz);
+    case 5: return rows_dot_pairs<5>(x, R, C, wt, hp, bias, h, z, ldz);
+    default: break;
+  }
+#endif
+  (void)h;
   for (int64_t j0 = 0; j0 < hp; j0 += 32) {
     const int64_t hv = std::min<int64_t>(4, (hp - j0) / 8);
     const float* b = bias ? bias + j0 : nullptr;

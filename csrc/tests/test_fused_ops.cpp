@@ -61,7 +61,7 @@ void test_skinny_gemm() {
   for (const auto& [R, C, h] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
            {1, 1, 1}, {7, 13, 3}, {37, 40, 12}, {100, 180, 12}, {65, 576, 24}, {9, 17, 33},
            {300, 9, 5}, {70, 8, 2}, {130, 181, 12}, {29, 64, 16}, {13, 52, 12}, {40, 33, 40},
-           {3, 16, 8}, {50, 100, 7}}) {
+           {3, 16, 8}, {50, 100, 7}, {33, 45, 20}, {15, 11, 4}, {21, 7, 17}, {5, 1, 12}}) {
     const int64_t hp = gemm::padded(h);
     const at::Tensor x = at::randn({R, C}), w = at::randn({h, C}), g = at::randn({R, hp});
     const at::Tensor bias = at::randn({hp});
@@ -76,7 +76,7 @@ void test_skinny_gemm() {
       at::Tensor z = at::full({R, hp}, NAN), y = at::full({R, C}, NAN), ys = at::full({R, C}, NAN),
                  p = at::full({h, C}, NAN);
       if (k < 0) {
-        gemm::rows_dot(x.data_ptr<float>(), R, C, wt.data_ptr<float>(), hp, bias.data_ptr<float>(),
+        gemm::rows_dot(x.data_ptr<float>(), R, C, wt.data_ptr<float>(), h, hp, bias.data_ptr<float>(),
                        z.data_ptr<float>(), hp);
         gemm::expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C, y.data_ptr<float>());
         gemm::expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C, ys.data_ptr<float>(),
@@ -84,7 +84,7 @@ void test_skinny_gemm() {
         gemm::outer(g.data_ptr<float>(), hp, R, h, x.data_ptr<float>(), C, p.data_ptr<float>());
       } else {
         const gemm::Build& b = builds[k];
-        b.rows_dot(x.data_ptr<float>(), R, C, wt.data_ptr<float>(), hp, bias.data_ptr<float>(),
+        b.rows_dot(x.data_ptr<float>(), R, C, wt.data_ptr<float>(), h, hp, bias.data_ptr<float>(),
                    z.data_ptr<float>(), hp);
         b.expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C, y.data_ptr<float>(), false);
         b.expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C, ys.data_ptr<float>(), true);
