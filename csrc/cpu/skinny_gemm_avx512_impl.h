@@ -61,6 +61,14 @@ static void dot_hv(const float* x, int64_t R, int64_t C, const float* wt, int64_
   for (; r < R; ++r) dot_rows<HV, 1>(x + r * C, C, wt, ldw, bias, last, z + r * ldz, ldz);
 }
 
+// The lower 8 lanes of v (as _mm512_castps512_ps256, which GCC 12 flags as reading an
+// uninitialised value).
+S5_AI __m256 low_half(__m512 v) {
+  __m256 lo;
+  __builtin_memcpy(&lo, &v, sizeof lo);
+  return lo;
+}
+
 // rows_dot in column pairs (skinny_gemm.h: pair_groups), RB rows: the groups of 8 lanes
 // two to a 16-float vector, an odd last one in an 8-float vector; the same lanes, and so
 // the same chains, as the AVX2 build's dot_pairs.
@@ -93,19 +101,22 @@ S5_AI void dot_pairs(const float* x, int64_t C, const float* wi, const float* bi
       const __m512 xb = _mm512_castpd_ps(_mm512_set1_pd(pair));
       if (kZ)
         for (int q = 0; q < NZ; ++q) az[i][q] = _mm512_fmadd_ps(xb, wz[q], az[i][q]);
-      if (kY) ay[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(xb), wy, ay[i]);
+      if (kY) ay[i] = _mm256_fmadd_ps(low_half(xb), wy, ay[i]);
     }
   }
   if (C % 2 == 1) {  // the last column: the even lanes only (the odd ones add 0 * 0)
     const float* wc = wi + C2 * V * 8;
     for (int i = 0; i < RB; ++i) {
-      const __m512 xb = _mm512_maskz_mov_ps(0x5555, _mm512_set1_ps(x[i * C + C - 1]));
-      if (kZ)
+      const float last = x[i * C + C - 1];
+      if (kZ) {
+        const __m512 xb = _mm512_maskz_mov_ps(0x5555, _mm512_set1_ps(last));
         for (int q = 0; q < NZ; ++q)
           az[i][q] = _mm512_fmadd_ps(xb, _mm512_loadu_ps(wc + 16 * q), az[i][q]);
-      if (kY)
-        ay[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(xb), _mm256_loadu_ps(wc + 16 * (V / 2)),
-                                ay[i]);
+      }
+      if (kY) {
+        const __m256 xb = _mm256_maskz_mov_ps(0x55, _mm256_set1_ps(last));
+        ay[i] = _mm256_fmadd_ps(xb, _mm256_loadu_ps(wc + 16 * (V / 2)), ay[i]);
+      }
     }
   }
   float t[RB][V * 8];  // all stores first, at constant indices: the sums stay in registers
