@@ -31,6 +31,14 @@
 #include <omp.h>
 #endif
 
+// A function compiled twice, for AVX2 (without FMA, so no a * b + c is contracted: both
+// versions round alike) and for the baseline, the CPU picking one at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define ADAPTIR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define ADAPTIR_CLONES
+#endif
+
 namespace adaptir::cpu {
 
 // ---- argument checks --------------------------------------------------------

@@ -35,12 +35,6 @@
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define ADAPTIR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define ADAPTIR_CLONES
-#endif
-
 namespace adaptir::cpu {
 namespace {
 

@@ -106,6 +106,104 @@ at::Tensor block_input(const at::Tensor& x2d, const RowBlocks::Block& k, at::Ten
   }
 }
 
+// Batch statistics of one block of z (rows of stride ldz), float32: sum[j] and, about
+// the block mean sum[j] / rows, m2[j], in double, each one chain over the rows in order
+// (as the scalar loops of forward_impl do for float64). Four channels per vector.
+template <int Q>
+__attribute__((always_inline)) inline void block_stats_q(const float* z, int64_t rows, int64_t ldz, double* sum, double* m2) {
+  typedef double vd __attribute__((vector_size(32)));
+  typedef float vf4 __attribute__((vector_size(16)));
+  vd acc[Q], mean[Q];
+  for (int q = 0; q < Q; ++q) acc[q] = vd{0.0, 0.0, 0.0, 0.0};
+  for (int64_t r = 0; r < rows; ++r)
+    for (int q = 0; q < Q; ++q) {
+      vf4 v;
+      __builtin_memcpy(&v, z + r * ldz + 4 * q, sizeof v);
+      acc[q] += __builtin_convertvector(v, vd);
+    }
+  const double n = static_cast<double>(rows);
+  for (int q = 0; q < Q; ++q) {
+    __builtin_memcpy(sum + 4 * q, &acc[q], sizeof acc[q]);
+    mean[q] = acc[q] / vd{n, n, n, n};
+    acc[q] = vd{0.0, 0.0, 0.0, 0.0};
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int q = 0; q < Q; ++q) {
+      vf4 v;
+      __builtin_memcpy(&v, z + r * ldz + 4 * q, sizeof v);
+      const vd d = __builtin_convertvector(v, vd) - mean[q];
+      acc[q] += d * d;
+    }
+  for (int q = 0; q < Q; ++q) __builtin_memcpy(m2 + 4 * q, &acc[q], sizeof acc[q]);
+}
+
+ADAPTIR_CLONES
+void block_stats(const float* z, int64_t rows, int64_t h, int64_t ldz, double* sum, double* m2) {
+  int64_t j = 0;
+  for (; j + 16 <= h; j += 16) block_stats_q<4>(z + j, rows, ldz, sum + j, m2 + j);
+  switch ((h - j) / 4) {
+    case 3: block_stats_q<3>(z + j, rows, ldz, sum + j, m2 + j); break;
+    case 2: block_stats_q<2>(z + j, rows, ldz, sum + j, m2 + j); break;
+    case 1: block_stats_q<1>(z + j, rows, ldz, sum + j, m2 + j); break;
+    default: break;
+  }
+  j += (h - j) / 4 * 4;
+  for (; j < h; ++j) {
+    double s = 0.0, q = 0.0;
+    for (int64_t r = 0; r < rows; ++r) s += z[r * ldz + j];
+    sum[j] = s;
+    const double mean = s / static_cast<double>(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      const double d = z[r * ldz + j] - mean;
+      q += d * d;
+    }
+    m2[j] = q;
+  }
+}
+
+// xo = (zc - m) is, uo = xo w + b over n values of one channel run, float32.
+ADAPTIR_CLONES
+void normalise_run(const float* __restrict zc, int64_t n, float m, float is, float w, float b,
+                   float* __restrict xo, float* __restrict uo) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = (zc[i] - m) * is;
+    xo[i] = v;
+    uo[i] = v * w + b;
+  }
+}
+
+// Backward, float32: s0[k] += a[i], s1[k] += a[i] b[i] (in double) for i in [begin, end)
+// with i % 4 == k past whole groups of four, the rest into k = 0 (as the float64 loop).
+ADAPTIR_CLONES
+void grad_sums(const float* a, const float* b, int64_t begin, int64_t end, double* s0,
+               double* s1) {
+  typedef double vd __attribute__((vector_size(32)));
+  typedef float vf4 __attribute__((vector_size(16)));
+  vd p0 = {0.0, 0.0, 0.0, 0.0}, p1 = {0.0, 0.0, 0.0, 0.0};
+  int64_t i = begin;
+  for (; i + 4 <= end; i += 4) {
+    vf4 va, vb;
+    __builtin_memcpy(&va, a + i, sizeof va);
+    __builtin_memcpy(&vb, b + i, sizeof vb);
+    const vd da = __builtin_convertvector(va, vd);
+    p0 += da;
+    p1 += da * __builtin_convertvector(vb, vd);
+  }
+  __builtin_memcpy(s0, &p0, sizeof p0);
+  __builtin_memcpy(s1, &p1, sizeof p1);
+  for (; i < end; ++i) {
+    s0[0] += a[i];
+    s1[0] += static_cast<double>(a[i]) * b[i];
+  }
+}
+
+// Backward, float32: t[i] = s (a[i] - sa - c[i] sb), one channel run of grad_z.
+ADAPTIR_CLONES
+void grad_z_run(const float* __restrict a, const float* __restrict c, int64_t n, float s,
+                float sa, float sb, float* __restrict t) {
+  for (int64_t i = 0; i < n; ++i) t[i] = s * (a[i] - sa - c[i] * sb);
+}
+
 // Writes u and xhat for one block from z (rows of stride ldz). float32 first turns each
 // sample's rows into channel runs in tmp (h * (p1 - p0) floats; 8 x 8 transposes), so
 // the loops below read consecutive values instead of one per row of z.
@@ -125,6 +223,10 @@ void normalise_block(const RowBlocks& rb, const RowBlocks::Block& k, const scala
       const scalar_t m = mean[j], is = invstd[j], w = bw[j], b = bb[j];
       scalar_t* xo = xhat + (n * h + j) * HW + k.p0;
       scalar_t* uo = u + (n * h + j) * HW + k.p0;
+      if constexpr (kF32) {
+        normalise_run(zc, np, m, is, w, b, xo, uo);
+        continue;
+      }
       for (int64_t i = 0; i < np; ++i) {
         const scalar_t v = (zc[i * step] - m) * is;
         xo[i] = v;
@@ -202,21 +304,25 @@ void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weig
         at::cpu::addmm_out(zb, bias, xb, wT);
       }
       if (training) {
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t r = 0; r < k.rows; ++r)
-          for (int64_t j = 0; j < h; ++j) acc[j] += zr[r * ldz + j];
         double* pb = part.data() + b * 2 * h;
-        for (int64_t j = 0; j < h; ++j) {
-          pb[j] = acc[j];
-          acc[j] /= static_cast<double>(k.rows);
-        }
-        double* m2 = pb + h;
-        for (int64_t j = 0; j < h; ++j) m2[j] = 0.0;
-        for (int64_t r = 0; r < k.rows; ++r)
+        if constexpr (kF32) {
+          block_stats(zr, k.rows, h, ldz, pb, pb + h);
+        } else {
+          std::fill(acc.begin(), acc.end(), 0.0);
+          for (int64_t r = 0; r < k.rows; ++r)
+            for (int64_t j = 0; j < h; ++j) acc[j] += zr[r * ldz + j];
           for (int64_t j = 0; j < h; ++j) {
-            const double d = zr[r * ldz + j] - acc[j];
-            m2[j] += d * d;
+            pb[j] = acc[j];
+            acc[j] /= static_cast<double>(k.rows);
           }
+          double* m2 = pb + h;
+          for (int64_t j = 0; j < h; ++j) m2[j] = 0.0;
+          for (int64_t r = 0; r < k.rows; ++r)
+            for (int64_t j = 0; j < h; ++j) {
+              const double d = zr[r * ldz + j] - acc[j];
+              m2[j] += d * d;
+            }
+        }
       } else {
         normalise_block(rb, k, zp, h, ldz, mean.data(), invstd.data(), bw, bb, up, xp, tmp);
       }
@@ -279,15 +385,19 @@ void backward_impl(const Geometry& g, const at::Tensor& grad_u, const at::Tensor
       const scalar_t* a = gu + plane * HW;
       const scalar_t* b = xh + plane * HW;
       double s0[4] = {0, 0, 0, 0}, s1[4] = {0, 0, 0, 0};
-      int64_t i = begin;
-      for (; i + 4 <= end; i += 4)
-        for (int k = 0; k < 4; ++k) {
-          s0[k] += a[i + k];
-          s1[k] += static_cast<double>(a[i + k]) * b[i + k];
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        grad_sums(a, b, begin, end, s0, s1);
+      } else {
+        int64_t i = begin;
+        for (; i + 4 <= end; i += 4)
+          for (int k = 0; k < 4; ++k) {
+            s0[k] += a[i + k];
+            s1[k] += static_cast<double>(a[i + k]) * b[i + k];
+          }
+        for (; i < end; ++i) {
+          s0[0] += a[i];
+          s1[0] += static_cast<double>(a[i]) * b[i];
         }
-      for (; i < end; ++i) {
-        s0[0] += a[i];
-        s1[0] += static_cast<double>(a[i]) * b[i];
       }
       double* p = cp.at(item);
       p[0] = (s0[0] + s0[1]) + (s0[2] + s0[3]);
@@ -341,8 +451,7 @@ void backward_impl(const Geometry& g, const at::Tensor& grad_u, const at::Tensor
           const scalar_t* c = xh + (n * h + j) * HW + k.p0;
           const scalar_t s = scale[j], sa = ca[j], sb = cb[j];
           if constexpr (kF32) {  // channel runs, then transposed into the rows
-            float* t = tbuf.data_ptr<float>() + j * np;
-            for (int64_t i = 0; i < np; ++i) t[i] = s * (a[i] - sa - c[i] * sb);
+            grad_z_run(a, c, np, s, sa, sb, tbuf.data_ptr<float>() + j * np);
           } else {
             scalar_t* zc = zr + j;
             for (int64_t i = 0; i < np; ++i) zc[i * rs] = s * (a[i] - sa - c[i] * sb);
