@@ -84,6 +84,13 @@ Inputs contiguous(const at::Tensor& l, const at::Tensor& g, const at::Tensor& sg
           cg.contiguous(), cs.contiguous(), tail_w.contiguous()};
 }
 
+// t[i] = s (c l[i] + sg[i] g[i]): one channel run of v, float32.
+ADAPTIR_CLONES
+void v_run(const float* __restrict l, const float* __restrict g, const float* __restrict sg,
+           int64_t n, float s, float c, float* __restrict t) {
+  for (int64_t i = 0; i < n; ++i) t[i] = s * (c * l[i] + sg[i] * g[i]);
+}
+
 // v rows of one block, (rows, ldv) row-major, from the hidden tensors. float32: each
 // channel's run of positions is computed contiguously into tmp (h x (p1 - p0) floats),
 // then transposed into the rows 8 x 8 at a time (row_planes.h); the same values.
@@ -106,8 +113,7 @@ void gather_v(const RowBlocks& rb, const RowBlocks::Block& k, const Dims& d, con
       const scalar_t* gr = g + plane;
       const scalar_t s = cs[n * h + j], c = cg[n * h + j];
       if constexpr (std::is_same_v<scalar_t, float>) {
-        float* t = tmp + j * np;
-        for (int64_t i = 0; i < np; ++i) t[i] = s * (c * lr[i] + sgr[i] * gr[i]);
+        v_run(lr, gr, sgr, np, s, c, tmp + j * np);
       } else {
         scalar_t* vc = vr + j;
         for (int64_t i = 0; i < np; ++i) vc[i * rs] = s * (c * lr[i] + sgr[i] * gr[i]);
