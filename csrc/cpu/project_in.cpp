@@ -110,7 +110,8 @@ at::Tensor block_input(const at::Tensor& x2d, const RowBlocks::Block& k, at::Ten
 // the block mean sum[j] / rows, m2[j], in double, each one chain over the rows in order
 // (as the scalar loops of forward_impl do for float64). Four channels per vector.
 template <int Q>
-__attribute__((always_inline)) inline void block_stats_q(const float* z, int64_t rows, int64_t ldz, double* sum, double* m2) {
+__attribute__((always_inline)) inline void block_stats_q(const float* z, int64_t rows,
+                                                         int64_t ldz, double* sum, double* m2) {
   typedef double vd __attribute__((vector_size(32)));
   typedef float vf4 __attribute__((vector_size(16)));
   vd acc[Q], mean[Q];

@@ -107,11 +107,16 @@ inline int pair_groups(int64_t h) {
   return (h % 8 >= 1 && h % 8 <= 4 && v <= 5) ? static_cast<int>(v) : 0;
 }
 
-// Packs wt ((C, hp), zero columns beyond h) and bias (hp values or nullptr) for the
-// groups: wi[(c2 V + v) 8 + 2 k + e] = wt[2 c2 + e, 4 v + k] (0 past C or hp), then V
-// groups of the bias in the even lanes (0 in the odd ones). Returns wi (in buf).
-inline const float* pack_pairs(const float* wt, int64_t C, int64_t hp, const float* bias,
-                               int V, std::vector<float>& buf) {
+// wt and the bias packed for the groups, in a buffer of the calling thread.
+struct PairWeights {
+  const float* w;     // w[(c2 V + v) 8 + 2 k + e] = wt[2 c2 + e, 4 v + k] (0 past C or hp)
+  const float* bias;  // V groups: bias[4 v + k] in lane 2 k, 0 in lane 2 k + 1
+};
+
+// Packs wt ((C, hp), zero columns beyond h) and bias (hp values or nullptr) for V
+// groups; valid until the thread's next call.
+inline PairWeights pack_pairs(const float* wt, int64_t C, int64_t hp, const float* bias, int V) {
+  thread_local std::vector<float> buf;
   const int64_t C2 = (C + 1) / 2;
   buf.resize(static_cast<size_t>((C2 + 1) * V * 8));
   float* wi = buf.data();
@@ -124,7 +129,7 @@ inline const float* pack_pairs(const float* wt, int64_t C, int64_t hp, const flo
         if (c2 == C2 && e == 0 && bias && j < hp) val = bias[j];
         wi[(c2 * V + j / 4) * 8 + 2 * (j % 4) + e] = val;
       }
-  return wi;
+  return {wi, wi + C2 * V * 8};
 }
 
 // Whether the AVX2+FMA versions are in use (the AVX-512 ones may be in use instead).

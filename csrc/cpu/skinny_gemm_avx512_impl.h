@@ -133,12 +133,10 @@ template <int V>
 static void rows_dot_pairs(const float* x, int64_t R, int64_t C, const float* wt, int64_t hp,
                            const float* bias, int64_t h, float* z, int64_t ldz) {
   constexpr int RB = 8;
-  thread_local std::vector<float> buf;
-  const float* wi = pack_pairs(wt, C, hp, bias, V, buf);
-  const float* bi = wi + (C + 1) / 2 * V * 8;
+  const PairWeights pw = pack_pairs(wt, C, hp, bias, V);
   int64_t r = 0;
-  for (; r + RB <= R; r += RB) dot_pairs<V, RB>(x + r * C, C, wi, bi, h, z + r * ldz, ldz);
-  for (; r < R; ++r) dot_pairs<V, 1>(x + r * C, C, wi, bi, h, z + r * ldz, ldz);
+  for (; r + RB <= R; r += RB) dot_pairs<V, RB>(x + r * C, C, pw.w, pw.bias, h, z + r * ldz, ldz);
+  for (; r < R; ++r) dot_pairs<V, 1>(x + r * C, C, pw.w, pw.bias, h, z + r * ldz, ldz);
 }
 
 // hp (columns of wt and z to produce) is a multiple of 8; h <= hp columns are used.
