@@ -99,9 +99,9 @@ void outer_blocks(const float* g, int64_t ldg, int64_t R, const float* x, int64_
 //           + (x[r, 1] wt[1, j] + x[r, 3] wt[3, j] + ...),
 // each parenthesis one chain of fused multiply-adds in c order, in every vector build.
 // At edt-train's (36864, 180) x (180, 12) on an AMD EPYC (Zen 4), two threads, the AVX2
-// product took 0.78-0.80 ms from L2 against 0.94 with vectors of 8 columns
-// (benchmarks/cpp/bench_skinny_gemm). The groups per row (1, 3 or 5), or 0 where
-// rows_dot uses vectors of 8 columns.
+// product took 0.78-0.86 ms from L2 against 0.94-1.06 with vectors of 8 columns, and
+// 1.01-1.27 ms from memory against 1.37-1.59 (benchmarks/cpp/bench_skinny_gemm). The
+// groups per row (1, 3 or 5), or 0 where rows_dot uses vectors of 8 columns.
 inline int pair_groups(int64_t h) {
   const int64_t v = (h + 3) / 4;
   return (h % 8 >= 1 && h % 8 <= 4 && v <= 5) ? static_cast<int>(v) : 0;
