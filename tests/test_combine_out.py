@@ -27,9 +27,10 @@ def test_parity(backend, layout, shape):
     run_case(case, backend)
 
 
-# C = 256 makes the C++ kernels split the rows into blocks of 256 (5 per sample in NHWC,
-# the last one partial; 9 in LNC, with both samples' rows interleaved), and its row
-# kernels run 8 positions at a time with a remainder.
+# C = 256 makes the C++ kernels split the rows into blocks of 256 or 512 (by the L2 cache
+# size: common.h, row_block_rows): 5 or 3 per sample in NHWC, the last one partial, 9 or 5
+# in LNC, with both samples' rows interleaved; its row kernels run 8 positions at a time
+# with a remainder.
 @pytest.mark.parametrize("backend", [b for b in backend_params() if b.id in ("cpp", "torch")])
 @pytest.mark.parametrize("layout", ["nhwc", "lnc"])
 def test_parity_row_blocks(backend, layout):

@@ -27,10 +27,6 @@ namespace {
 constexpr const char* kFwd = "combine_out";
 constexpr const char* kBwd = "combine_out_backward";
 
-int64_t block_rows(int64_t C) {
-  return std::max<int64_t>(64, (256 * 1024) / (4 * std::max<int64_t>(C, 1)));
-}
-
 struct Dims {
   Layout layout;
   int64_t N, h, H, W, HW, C;
@@ -126,7 +122,7 @@ void gather_v(const RowBlocks& rb, const RowBlocks::Block& k, const Dims& d, con
 template <typename scalar_t, typename io_t>
 void forward_impl(const Dims& d, const Inputs& in, at::Tensor& out) {
   constexpr bool kF32 = std::is_same_v<scalar_t, float>;
-  const RowBlocks rb(d.layout, d.N, d.HW, block_rows(d.C));
+  const RowBlocks rb(d.layout, d.N, d.HW, row_block_rows(d.C));
   const auto opts = in.l.options();
   const int64_t C = d.C, h = d.h, ldv = kF32 ? gemm::padded(h) : h;
   const at::Tensor wT = in.tail_w.t();
@@ -167,7 +163,7 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
                    at::Tensor& gg, at::Tensor& gsg, at::Tensor& gcg, at::Tensor& gcs,
                    at::Tensor& gT) {
   constexpr bool kF32 = std::is_same_v<scalar_t, float>;
-  const RowBlocks rb(d.layout, d.N, d.HW, block_rows(d.C));
+  const RowBlocks rb(d.layout, d.N, d.HW, row_block_rows(d.C));
   const auto opts = in.l.options();
   const int64_t N = d.N, h = d.h, HW = d.HW, C = d.C, ldv = kF32 ? gemm::padded(h) : h;
   const at::Tensor go2d = go.view({N * HW, C});

@@ -28,8 +28,6 @@ namespace {
 constexpr const char* kFwd = "project_in";
 constexpr const char* kBwd = "project_in_backward";
 
-// Rows per block: a (rows, C) slice of x of about 256 KiB, at least 64 rows.
-int64_t block_rows(int64_t C) { return std::max<int64_t>(64, (256 * 1024) / (4 * std::max<int64_t>(C, 1))); }
 
 struct Geometry {
   Layout layout;
@@ -253,7 +251,7 @@ void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weig
   constexpr bool kF32 = std::is_same_v<scalar_t, float>;
   const int64_t h = weight.size(0), C = g.C;
   const auto opts = weight.options();
-  const RowBlocks rb(g.layout, g.N, g.HW, block_rows(C));
+  const RowBlocks rb(g.layout, g.N, g.HW, row_block_rows(C));
   const at::Tensor x2d = x.view({g.rows, C});
   // z rows of stride ldz: padded for the float kernels.
   const int64_t ldz = kF32 ? gemm::padded(h) : h;
@@ -424,7 +422,7 @@ void backward_impl(const Geometry& g, const at::Tensor& grad_u, const at::Tensor
   // Pass 2: per row block, grad_z in cache -> grad_x block, grad_weight partial.
   constexpr bool kF32 = std::is_same_v<scalar_t, float>;
   const int64_t ldz = kF32 ? gemm::padded(h) : h;
-  const RowBlocks rb(g.layout, N, HW, block_rows(C));
+  const RowBlocks rb(g.layout, N, HW, row_block_rows(C));
   const at::Tensor x2d = x.view({g.rows, C});
   at::Tensor gx2d = grad_x.view({g.rows, C});
   at::Tensor wpart = Scratch::get(0, rb.count * h, C, opts);
