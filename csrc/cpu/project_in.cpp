@@ -28,7 +28,6 @@ namespace {
 constexpr const char* kFwd = "project_in";
 constexpr const char* kBwd = "project_in_backward";
 
-
 struct Geometry {
   Layout layout;
   int64_t N, H, W, HW, C, rows;
