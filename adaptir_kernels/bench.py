@@ -273,7 +273,8 @@ class OperatorClock:
                 for name, v in self.samples.items() if v and calls}
 
 
-def _clear_grads(x: torch.Tensor, params: Iterable[torch.Tensor]) -> None:
+def clear_grads(x: torch.Tensor, params: Iterable[torch.Tensor]) -> None:
+    """Drops the gradients of x and params (set to None) between timed steps."""
     x.grad = None
     for p in params:
         p.grad = None
@@ -286,7 +287,7 @@ def time_train(forward: Callable, x: torch.Tensor, grad: torch.Tensor, params: S
     clock = clock or Clock(device)
     samples: Dict[str, List[float]] = {k: [] for k in TRAIN_COLUMNS}
     for i in range(warmup + repeats):
-        _clear_grads(x, params)
+        clear_grads(x, params)
         clock.prepare()
         t0 = clock.mark()
         y = forward(x)
@@ -299,7 +300,7 @@ def time_train(forward: Callable, x: torch.Tensor, grad: torch.Tensor, params: S
             samples["fwd"].append(clock.ms(t0, t1))
             samples["bwd"].append(clock.ms(t1, t2))
             samples["fwd+bwd"].append(clock.ms(t0, t2))
-    _clear_grads(x, params)
+    clear_grads(x, params)
     return samples
 
 
@@ -562,7 +563,7 @@ class Subject:
             self.module.train()
             res["peak_mem_bytes"]["fwd+bwd"] = peak_memory(
                 lambda: self.forward(self.x_train).backward(self.grad), self.device)
-            _clear_grads(self.x_train, self.params)
+            clear_grads(self.x_train, self.params)
             if count_saved:
                 total, own = saved_bytes(self.forward, self.x_train,
                                          exclude=[self.x_train] + self.params + list(self.module.buffers()))
@@ -646,15 +647,15 @@ def graphed_times(module: torch.nn.Module, shape: Shape, device, repeats: int) -
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(3):
-                _clear_grads(xt, params)
+                clear_grads(xt, params)
                 forward(xt).backward(grad)
         torch.cuda.current_stream(device).wait_stream(side)
-        _clear_grads(xt, params)  # the captured backward allocates the .grad tensors in the graph's pool
+        clear_grads(xt, params)  # the captured backward allocates the .grad tensors in the graph's pool
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             forward(xt).backward(grad)
         out["fwd+bwd"] = statistics.median(_replay_ms(graph, clock, repeats))
-        _clear_grads(xt, params)
+        clear_grads(xt, params)
         del graph
     torch.cuda.synchronize(device)
     return out

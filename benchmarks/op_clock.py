@@ -24,6 +24,7 @@ import torch
 
 from adaptir_kernels import bench
 
+
 def shape_by_name(name: str, batch: Optional[int] = None) -> bench.Shape:
     shapes = {s.name: s for s in bench.profile_shapes("full") if s.train}
     if name not in shapes:
@@ -53,9 +54,7 @@ def clock(shape: bench.Shape, threads: int, repeats: int, warmup: int, backend: 
                 t0 = time.perf_counter()
                 forward(x).backward(grad)
                 steps.append(time.perf_counter() - t0)
-                x.grad = None
-                for p in module.parameters():
-                    p.grad = None
+                bench.clear_grads(x, module.parameters())
         steps = steps[warmup:]
     finally:
         torch.set_num_threads(before)
