@@ -69,7 +69,9 @@ def _assert_same_buffers(b_c, b_p):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("layout,shape", [("nhwc", (2, 5, 7)), ("lnc", (2, 3, 4)), ("nhwc", (1, 6, 1)),
-                                          ("lnc", (3, 1, 5)), ("nhwc", (2, 8, 8))], ids=str)
+                                          ("lnc", (3, 1, 5)), ("nhwc", (2, 8, 8)),
+                                          # several row tiles per sample (halo rows), W % 8 = 6
+                                          ("nhwc", (1, 9, 1030))], ids=str)
 def test_bitwise_equal_to_the_python_chain(dtype, training, layout, shape, monkeypatch):
     N, H, W = shape
     mod = randomize(AdaptIR(56, layout=layout, backend="cpp"), seed=N * 31 + H * 7 + W).to(dtype).train(training)

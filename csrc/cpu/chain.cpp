@@ -262,7 +262,7 @@ std::vector<at::Tensor> adaptir_chain_backward(
   auto [gu_global, g_aw, g_ab, g_pw, g_pb] = global_branch_backward(
       g_g, g_gmean, u, g, sign, v[kAmpW], v[kAmpB], v[kPhaW], v[kPhaB]);
   auto [gu_local, g_A, g_B, g_cbias, g_siw, g_sib] = local_branch_backward(
-      g_l, g_sg, u, v[kConvA], v[kConvB], v[kConvBias], v[kSiW], v[kSiB]);
+      g_l, g_sg, u, v[kConvA], v[kConvB], v[kConvBias], v[kSiW], v[kSiB], loc, sg);
   at::Tensor grad_u = gu_global;  // the operator's own output
   add_two_(grad_u, gu_local, gu_router);
   auto [g_x, g_hw, g_hb, g_bnw, g_bnb] = project_in_backward(

@@ -47,8 +47,10 @@ void forward_tile(const float* u, int64_t h, int64_t H, int64_t W, int64_t y0, i
 
 void backward_tile(const float* u, const float* gl, const float* gsg, int64_t h, int64_t H,
                    int64_t W, int64_t y0, int64_t y1, const float* K, const float* bias,
-                   const float* siw, float sib, float* gu, double* part, float* work) {
-  DW_DISPATCH(backward_tile_impl, u, gl, gsg, h, H, W, y0, y1, K, bias, siw, sib, gu, part, work);
+                   const float* siw, float sib, const float* l_in, const float* sg_in,
+                   float* gu, double* part, float* work) {
+  DW_DISPATCH(backward_tile_impl, u, gl, gsg, h, H, W, y0, y1, K, bias, siw, sib, l_in, sg_in, gu,
+              part, work);
 }
 
 }  // namespace adaptir::cpu::dw

@@ -29,9 +29,12 @@ void forward_tile(const float* u, int64_t h, int64_t H, int64_t W, int64_t y0, i
 
 // Rows [y0, y1) of grad_u (u's layout) and the tile's partial parameter gradients
 // (kPer * h + 1 values into part), from grad_l (u's layout) and grad_sg (the sample's
-// H x W plane); l and sg are recomputed, with one halo row each side.
+// H x W plane). l and sg are recomputed, with one halo row each side, unless l_in (u's
+// layout) and sg_in (the sample's plane) give forward_tile's results; the results are
+// bitwise the same either way.
 void backward_tile(const float* u, const float* gl, const float* gsg, int64_t h, int64_t H,
                    int64_t W, int64_t y0, int64_t y1, const float* K, const float* bias,
-                   const float* siw, float sib, float* gu, double* part, float* work);
+                   const float* siw, float sib, const float* l_in, const float* sg_in,
+                   float* gu, double* part, float* work);
 
 }  // namespace adaptir::cpu::dw

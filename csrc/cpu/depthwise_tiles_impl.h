@@ -129,8 +129,8 @@ static void forward_tile_impl(const float* u, int64_t h, int64_t H, int64_t W, i
 
 static void backward_tile_impl(const float* u, const float* gl, const float* gsg, int64_t h,
                                int64_t H, int64_t W, int64_t y0, int64_t y1, const float* K,
-                               const float* bias, const float* siw, float sib, float* gu,
-                               double* part, float* work) {
+                               const float* bias, const float* siw, float sib, const float* l_in,
+                               const float* sg_in, float* gu, double* part, float* work) {
   const Geom g(H, W);
   const int64_t HW = H * W, S = g.S, Wp = g.Wp, nv = g.nv;
   const int64_t ya = std::max<int64_t>(0, y0 - 1), yb = std::min(H, y1 + 1), Rh = yb - ya;
@@ -142,10 +142,13 @@ static void backward_tile_impl(const float* u, const float* gl, const float* gsg
   std::memset(s, 0, sizeof(float) * Rh * Wp);
   std::memset(G, 0, sizeof(float) * UP);
 
-  // 1. l on rows ya .. yb - 1 and the gate's pre-activation.
+  const bool given = l_in != nullptr;
+  // 1. l on rows ya .. yb - 1 and the gate's pre-activation (with l and sg given: only
+  // the padded rows of u).
   for (int64_t c = 0; c < h; ++c) {
     float* Uc = U + c * UP;
     pad_rows(u + c * HW, g, ya - 1, yb + 1, Uc);
+    if (given) continue;
     vf k[9];
     for (int t = 0; t < 9; ++t) k[t] = bc(K[c * 9 + t]);
     const vf b = bc(bias[c]), w = bc(siw[c]);
@@ -165,6 +168,11 @@ static void backward_tile_impl(const float* u, const float* gl, const float* gsg
   for (int64_t i = 0; i < Rh; ++i) {
     float* srow = s + i * Wp;
     const float* gsr = gsg + (ya + i) * W;
+    if (given) {
+      const float* sgr = sg_in + (ya + i) * W;
+      for (int64_t x = 0; x < W; ++x) srow[x] = gsr[x] * sgr[x] * (1.0f - sgr[x]);
+      continue;
+    }
     for (int64_t x = 0; x < W; ++x) {
       const float sv = sigmoid1(srow[x] + sib);
       srow[x] = gsr[x] * sv * (1.0f - sv);
@@ -191,6 +199,7 @@ static void backward_tile_impl(const float* u, const float* gl, const float* gsg
     for (int64_t i = 0; i < Rh; ++i) {
       const float* srow = s + i * Wp;
       const float* glr = glc + (ya + i) * W;
+      const float* lr = given ? l_in + c * HW + (ya + i) * W : nullptr;
       float* grow = G + (i + 1) * S + kOff;
       const bool own = i >= o0 && i < o1;
       vf a_siw = bc(0.0f), a_cb = bc(0.0f);
@@ -198,7 +207,8 @@ static void backward_tile_impl(const float* u, const float* gl, const float* gsg
         const vf sv = ld(srow + 8 * v);
         const vf gv = load_chunk(glr, g, v) + sv * w;
         st(grow + 8 * v, gv);
-        a_siw += sv * ld(lc + i * Wp + 8 * v);
+        // The given l is read as the recomputed one is kept: zero beyond W.
+        a_siw += sv * (given ? load_chunk(lr, g, v) : ld(lc + i * Wp + 8 * v));
         a_cb += gv;
       }
       if (own) {

@@ -152,7 +152,8 @@ constexpr int64_t kPer = 11;
 
 template <typename scalar_t>
 void backward_impl(const at::Tensor& gl, const at::Tensor& gsg, const at::Tensor& u,
-                   const Params<scalar_t>& p, at::Tensor& gu, std::vector<double>& sums) {
+                   const Params<scalar_t>& p, const at::Tensor& l, const at::Tensor& sg,
+                   at::Tensor& gu, std::vector<double>& sums) {
   const int64_t N = u.size(0), h = u.size(1), H = u.size(2), W = u.size(3), HW = H * W;
   const Tiles tiles(N, H, W);
   const int64_t width = h * kPer + 1;
@@ -165,6 +166,8 @@ void backward_impl(const at::Tensor& gl, const at::Tensor& gsg, const at::Tensor
   static_assert(dw::kPer == kPer);
 
   if constexpr (std::is_same_v<scalar_t, float>) {
+    const float* lp = l.defined() ? l.const_data_ptr<float>() : nullptr;
+    const float* sgp = l.defined() ? sg.const_data_ptr<float>() : nullptr;
     parallel_items(tiles.count, [&](ItemQueue& queue) {
       const at::Tensor work =
           Scratch::get(4, 1, dw::backward_work(h, H, W, 1, 1 + tiles.rows_per_tile), u.options());
@@ -172,8 +175,9 @@ void backward_impl(const at::Tensor& gl, const at::Tensor& gsg, const at::Tensor
         int64_t n, y0, y1;
         tiles.get(t, n, y0, y1);
         dw::backward_tile(up + n * h * HW, glp + n * h * HW, gsp + n * HW, h, H, W, y0, y1,
-                          p.K.data(), p.bias.data(), p.siw.data(), p.sib, gup + n * h * HW,
-                          part.data() + t * width, work.data_ptr<float>());
+                          p.K.data(), p.bias.data(), p.siw.data(), p.sib,
+                          lp ? lp + n * h * HW : nullptr, sgp ? sgp + n * HW : nullptr,
+                          gup + n * h * HW, part.data() + t * width, work.data_ptr<float>());
       }
     });
   } else {
@@ -291,7 +295,27 @@ local_branch_backward(const at::Tensor& grad_l, const at::Tensor& grad_sg, const
                       const at::Tensor& conv_A, const at::Tensor& conv_B,
                       const at::Tensor& conv_bias, const at::Tensor& si_weight,
                       const at::Tensor& si_bias) {
+  return local_branch_backward(grad_l, grad_sg, u, conv_A, conv_B, conv_bias, si_weight, si_bias,
+                               at::Tensor(), at::Tensor());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+local_branch_backward(const at::Tensor& grad_l, const at::Tensor& grad_sg, const at::Tensor& u,
+                      const at::Tensor& conv_A, const at::Tensor& conv_B,
+                      const at::Tensor& conv_bias, const at::Tensor& si_weight,
+                      const at::Tensor& si_bias, const at::Tensor& l, const at::Tensor& sg) {
   check_args(kBwd, u, conv_A, conv_B, conv_bias, si_weight, si_bias);
+  TORCH_CHECK(l.defined() == sg.defined(), kBwd, ": give both l and sg, or neither");
+  if (l.defined()) {
+    check_like(l, u, kBwd, "l", "u");
+    check_like(sg, u, kBwd, "sg", "u");
+    TORCH_CHECK(l.sizes() == u.sizes(), kBwd, ": l must have u's shape ", u.sizes(), ", got ",
+                l.sizes());
+    TORCH_CHECK(sg.dim() == 3 && sg.size(0) == u.size(0) && sg.size(1) == u.size(2) &&
+                    sg.size(2) == u.size(3),
+                kBwd, ": sg must have shape (N, H, W) = (", u.size(0), ", ", u.size(2), ", ",
+                u.size(3), "), got ", sg.sizes());
+  }
   check_like(grad_l, u, kBwd, "grad_l", "u");
   check_like(grad_sg, u, kBwd, "grad_sg", "u");
   TORCH_CHECK(grad_l.sizes() == u.sizes(), kBwd, ": grad_l must have u's shape ", u.sizes(),
@@ -312,7 +336,8 @@ local_branch_backward(const at::Tensor& grad_l, const at::Tensor& grad_sg, const
   AT_DISPATCH_FLOATING_TYPES(uc.scalar_type(), kBwd, [&] {
     const Params<scalar_t> p(conv_A, conv_B, conv_bias, si_weight, si_bias);
     std::vector<double> sums(static_cast<size_t>(h * kPer + 1), 0.0);
-    if (gsc.numel() > 0) backward_impl<scalar_t>(glc, gsc, uc, p, gu, sums);
+    const at::Tensor lc = l.defined() ? l.contiguous() : l, sgc = sg.defined() ? sg.contiguous() : sg;
+    if (gsc.numel() > 0) backward_impl<scalar_t>(glc, gsc, uc, p, lc, sgc, gu, sums);
     const at::Tensor Ac = conv_A.contiguous(), Bc = conv_B.contiguous();
     const scalar_t* a = Ac.const_data_ptr<scalar_t>();
     const scalar_t* b = Bc.const_data_ptr<scalar_t>();
@@ -344,7 +369,11 @@ local_branch_backward(const at::Tensor& grad_l, const at::Tensor& grad_sg, const
 
 TORCH_LIBRARY_IMPL(adaptir_cpp, CPU, m) {
   m.impl("local_branch", &local_branch);
-  m.impl("local_branch_backward", &local_branch_backward);
+  // The op's schema has no l and sg: the overload without them.
+  using Backward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      const at::Tensor&, const at::Tensor&, const at::Tensor&);
+  m.impl("local_branch_backward", static_cast<Backward*>(&local_branch_backward));
 }
 
 }  // namespace adaptir::cpu
