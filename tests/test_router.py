@@ -85,3 +85,27 @@ class _Recorded:
     def __getitem__(self, grid):
         self.seen.append(self.name)
         return self.kernel[grid]
+
+
+@pytest.mark.parametrize("backend", [b for b in backend_params() if b.id == "cpp"])
+def test_softmax_over_a_wide_score_range(backend):
+    """Scores spanning about 300 (the C++ float32 softmax's exp is a polynomial that
+    clamps its argument at -87: those weights are below 2e-38 either way), with last
+    8-lane chunks of 7 and 4 positions: outputs and gradients as float64's. (The torch
+    backend's float32 sums miss the 1e-4 gradient tolerance at this spread: 3e-4 on
+    compress_w; the C++ kernels sum over positions in double.)"""
+    for N, H, W in [(2, 13, 19), (1, 3, 4)]:
+        case = make_case(N, H, W, seed=40)
+        case.inputs[0].mul_(60.0)  # scores = compress_w . u: spread by u's scale
+        scores = torch.einsum("nchw,c->nhw", case.inputs[0], case.inputs[1])
+        assert (scores.amax((1, 2)) - scores.amin((1, 2))).min() > 100  # past the clamp
+        run_case(case, backend)
+
+
+@pytest.mark.parametrize("backend", [b for b in backend_params() if b.id in ("cpp", "torch")])
+def test_nan_reaches_the_outputs(backend):
+    case = make_case(2, 5, 6, seed=41)
+    args = [t.float().clone() for t in case.inputs]
+    args[0][1, 3, 2, 4] = float("nan")
+    cs, cg = op.router(*args, backend)
+    assert cs[1].isnan().all() and not cs[0].isnan().any() and not cg.isnan().any()

@@ -8,8 +8,6 @@
 
 #include "lanes8_impl.h"
 
-typedef int32_t vi __attribute__((vector_size(32)));
-
 #define DW_AI static inline __attribute__((always_inline))
 
 DW_AI vf keep(vf v, vi mask) { return reinterpret_cast<vf>(reinterpret_cast<vi>(v) & mask); }
@@ -20,27 +18,6 @@ DW_AI double hsum(vf v) {
   st(t, v);
   return ((double(t[0]) + t[1]) + (double(t[2]) + t[3])) +
          ((double(t[4]) + t[5]) + (double(t[6]) + t[7]));
-}
-
-// exp(x) in 8 lanes: x clamped to [-87, 88] (NaN kept), x = n ln2 + r with |r| <= ln2 / 2
-// (Cody-Waite, ln2 in two parts), e^r by its Taylor polynomial of degree 7 (truncation
-// below 6e-9 relative), times 2^n built in the exponent bits. Within about two ulps
-// of exp over the clamped range.
-DW_AI vf vexp(vf x) {
-  x = x < -87.0f ? bc(-87.0f) : x;
-  x = x > 88.0f ? bc(88.0f) : x;
-  const vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const vf r = (x - n * 0.693359375f) - n * -2.12194440054e-4f;
-  vf p = bc(1.0f / 5040.0f);
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-  return p * reinterpret_cast<vf>(e);
 }
 
 // The spatial gate's sigmoid, 1 / (1 + exp(-v)), in 8 lanes: within a few ulps of the

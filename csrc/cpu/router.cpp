@@ -112,26 +112,153 @@ struct Weights {
   T cb;
 };
 
+// ---- loops over the positions of one sample ------------------------------------
+// Generic (float64) versions, and float32 ones compiled for AVX2 (without FMA, so they
+// round as the baseline build does) and for the baseline, picked at load time.
+
+// y[i] += w x[i].
+template <typename T>
+void axpy(T* __restrict y, T w, const T* __restrict x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += w * x[i];
+}
+
+// common.h's dot_n.
+template <typename T>
+double dot(const T* a, const T* b, int64_t n) {
+  return dot_n(a, b, n);
+}
+
+// max_i a[i] (n >= 1), as std::max over i in order for finite values.
+template <typename T>
+T max_of(const T* a, int64_t n) {
+  T m = a[0];
+  for (int64_t i = 1; i < n; ++i) m = std::max(m, a[i]);
+  return m;
+}
+
+// a[i] = exp(a[i] - m) in place; returns their sum (in double).
+template <typename T>
+double exp_shift(T* a, int64_t n, T m) {
+  double z = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    a[i] = std::exp(a[i] - m);
+    z += a[i];
+  }
+  return z;
+}
+
+// out[i] = g a[i] + wc gs[i].
+template <typename T>
+void rank2(T* __restrict out, T g, const T* __restrict a, T wc, const T* __restrict gs, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = g * a[i] + wc * gs[i];
+}
+
+namespace lanes {
+#include "lanes8_impl.h"
+}  // namespace lanes
+
+ADAPTIR_CLONES
+void axpy_f32(float* __restrict y, float w, const float* __restrict x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += w * x[i];
+}
+
+// dot_n's eight partial sums, in the same order.
+ADAPTIR_CLONES
+double dot_f32(const float* a, const float* b, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += static_cast<double>(a[i + k]) * static_cast<double>(b[i + k]);
+  for (; i < n; ++i) acc[0] += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// Eight running maxima, then their maximum: the same value as the ordered loop unless a
+// NaN is present (which the softmax then carries to every output either way).
+ADAPTIR_CLONES
+float max_f32(const float* a, int64_t n) {
+  using namespace lanes;
+  if (n < 8) return max_of(a, n);
+  vf mv = ld(a);
+  int64_t i = 8;
+  for (; i + 8 <= n; i += 8) {
+    const vf x = ld(a + i);
+    mv = mv < x ? x : mv;
+  }
+  float m = mv[0];
+  for (int k = 1; k < 8; ++k) m = std::max(m, mv[k]);
+  for (; i < n; ++i) m = std::max(m, a[i]);
+  return m;
+}
+
+// exp_shift with lanes8's exp (within about two ulps; arguments below -87 give
+// exp(-87)), summed in eight double partial sums.
+ADAPTIR_CLONES
+double exp_shift_f32(float* a, int64_t n, float m) {
+  using namespace lanes;
+  typedef double vd __attribute__((vector_size(32)));
+  typedef float vf4 __attribute__((vector_size(16)));
+  vd lo = {0, 0, 0, 0}, hi = {0, 0, 0, 0};
+  const vf mv = bc(m);
+  auto add = [&](vf e) {
+    lo += __builtin_convertvector((vf4)__builtin_shufflevector(e, e, 0, 1, 2, 3), vd);
+    hi += __builtin_convertvector((vf4)__builtin_shufflevector(e, e, 4, 5, 6, 7), vd);
+  };
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const vf e = vexp(ld(a + i) - mv);
+    st(a + i, e);
+    add(e);
+  }
+  if (i < n) {  // the last 1-7: lanes past n add zero
+    float t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    __builtin_memcpy(t, a + i, sizeof(float) * (n - i));
+    st(t, vexp(ld(t) - mv));
+    for (int64_t j = n - i; j < 8; ++j) t[j] = 0.0f;
+    __builtin_memcpy(a + i, t, sizeof(float) * (n - i));
+    add(ld(t));
+  }
+  return ((lo[0] + hi[0]) + (lo[1] + hi[1])) + ((lo[2] + hi[2]) + (lo[3] + hi[3]));
+}
+
+ADAPTIR_CLONES
+void rank2_f32(float* __restrict out, float g, const float* __restrict a, float wc,
+               const float* __restrict gs, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = g * a[i] + wc * gs[i];
+}
+
+template <>
+void axpy<float>(float* __restrict y, float w, const float* __restrict x, int64_t n) {
+  axpy_f32(y, w, x, n);
+}
+template <>
+double dot<float>(const float* a, const float* b, int64_t n) {
+  return dot_f32(a, b, n);
+}
+template <>
+double exp_shift<float>(float* a, int64_t n, float m) {
+  return exp_shift_f32(a, n, m);
+}
+template <>
+void rank2<float>(float* __restrict out, float g, const float* __restrict a, float wc,
+                  const float* __restrict gs, int64_t n) {
+  rank2_f32(out, g, a, wc, gs, n);
+}
+
 // One sample's attention and pooling: a (P), pooled (h). u_n: (h, P).
 template <typename T>
 void attend(const T* u_n, const Weights<T>& w, const Dims& d, T* a, T* pooled) {
   const int64_t h = d.h, P = d.P;
   for (int64_t i = 0; i < P; ++i) a[i] = w.cb;
-  for (int64_t c = 0; c < h; ++c) {
-    const T wc = w.cw[c];
-    const T* uc = u_n + c * P;
-    for (int64_t i = 0; i < P; ++i) a[i] += wc * uc[i];
-  }
-  T m = a[0];
-  for (int64_t i = 1; i < P; ++i) m = std::max(m, a[i]);
-  double z = 0.0;
-  for (int64_t i = 0; i < P; ++i) {
-    a[i] = std::exp(a[i] - m);
-    z += a[i];
-  }
-  const T inv = static_cast<T>(1.0 / z);
+  for (int64_t c = 0; c < h; ++c) axpy(a, w.cw[c], u_n + c * P, P);
+  T m;
+  if constexpr (std::is_same_v<T, float>)
+    m = max_f32(a, P);
+  else
+    m = max_of(a, P);
+  const T inv = static_cast<T>(1.0 / exp_shift(a, P, m));
   for (int64_t i = 0; i < P; ++i) a[i] *= inv;
-  for (int64_t c = 0; c < h; ++c) pooled[c] = static_cast<T>(dot_n(a, u_n + c * P, P));
+  for (int64_t c = 0; c < h; ++c) pooled[c] = static_cast<T>(dot(a, u_n + c * P, P));
 }
 
 template <typename T>
@@ -258,20 +385,13 @@ router_backward(const at::Tensor& grad_cs, const at::Tensor& grad_cg, const at::
         affine_t(w.p0w, ghid.data(), p, h, gpool.data());
         // pooled = sum_p a_p u_p, a = softmax(s): grad_a = gpool . u, grad_s = a (grad_a - a . grad_a)
         for (int64_t i = 0; i < d.P; ++i) gs[i] = T(0);
-        for (int64_t c = 0; c < h; ++c) {
-          const T g = gpool[c];
-          const T* uc_ = u_n + c * d.P;
-          for (int64_t i = 0; i < d.P; ++i) gs[i] += g * uc_[i];
-        }
-        const T ag = static_cast<T>(dot_n(a.data(), gs.data(), d.P));
+        for (int64_t c = 0; c < h; ++c) axpy(gs.data(), gpool[c], u_n + c * d.P, d.P);
+        const T ag = static_cast<T>(dot(a.data(), gs.data(), d.P));
         for (int64_t i = 0; i < d.P; ++i) gs[i] = a[i] * (gs[i] - ag);
         pt[o_cb] = sum_n(gs.data(), d.P);
         for (int64_t c = 0; c < h; ++c) {
-          const T* uc_ = u_n + c * d.P;
-          pt[o_cw + c] = dot_n(gs.data(), uc_, d.P);
-          const T g = gpool[c], wc = w.cw[c];
-          T* out = gup + (n * h + c) * d.P;
-          for (int64_t i = 0; i < d.P; ++i) out[i] = g * a[i] + wc * gs[i];
+          pt[o_cw + c] = dot(gs.data(), u_n + c * d.P, d.P);
+          rank2(gup + (n * h + c) * d.P, gpool[c], a.data(), w.cw[c], gs.data(), d.P);
         }
         // cg = sigmoid(ci3(gelu(ci1(gmean))))
         const T* gm_n = gmp + n * h;
