@@ -73,9 +73,8 @@ AI void store_complex(float* p, vf re, vf im) {
 
 // The functions below work on K independent vectors at once, statement by statement:
 // the gate's dependency chains are long (divisions, Newton steps, polynomials), and
-// with one vector at a time the core mostly waits on their latency (K = 4 takes about
-// half the time per vector of K = 1 on an AMD EPYC). Each lane's arithmetic does not
-// depend on K.
+// with one vector at a time the core mostly waits on their latency. Each lane's
+// arithmetic does not depend on K.
 #define EACH for (int k = 0; k < K; ++k)
 
 // sqrt(m) for m in [1, 2]: bit-level estimate of 1/sqrt, three Newton steps.
