@@ -16,6 +16,9 @@
 
 #include <cmath>
 
+// lanes8_impl.h's 32-byte vectors pass through always-inlined helpers only.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace adaptir::cpu {
 namespace {
 
