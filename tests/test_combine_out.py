@@ -39,6 +39,16 @@ def test_parity_row_blocks(backend, layout):
     run_case(case, backend)
 
 
+# C = 1024 and N = 5 in (L, N, C): too few positions per sample in a row block for
+# channel runs, so v, and grad_v's channel pass, take blocks of 64 positions of their own
+# (common.h, run_blocks), here two of them, the last partial.
+@pytest.mark.parametrize("backend", [b for b in backend_params() if b.id in ("cpp", "torch")])
+def test_parity_short_runs(backend):
+    case = make_case(5, 9, 13, "lnc", C=1024, seed=50)
+    case.oracle = lambda *a: op.forward_torch(*a[:-1], torch.float64)
+    run_case(case, backend)
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("layout", ["nhwc", "lnc"])
 def test_registered_autograd(backend, layout):

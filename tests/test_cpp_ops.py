@@ -180,13 +180,14 @@ def _run_all_ops():
     """Forward and backward of every C++ operator on sizes with several work items
     (row blocks, row tiles and plane groups), float32."""
     outs = []
-    for layout in ("nhwc", "lnc"):
-        tensors, consts = project_in_args(N=3, H=13, W=17, C=256, h=12, layout=layout, dtype=torch.float32, seed=1)
+    # the last: blocks of their own for the h-wide passes (common.h, run_blocks)
+    for layout, N, C in (("nhwc", 3, 256), ("lnc", 3, 256), ("lnc", 5, 1024)):
+        tensors, consts = project_in_args(N=N, H=13, W=17, C=C, h=12, layout=layout, dtype=torch.float32, seed=1)
         u, xhat, mean, var = OPS.project_in(*tensors, *consts)
         x, w, b, bw = tensors[:4]
         outs += [u, xhat, mean, var]
         outs += list(OPS.project_in_backward(torch.randn_like(u), x, xhat, w, bw, var, *consts))
-        cargs = _f32(combine_args(N=3, h=12, H=13, W=17, C=256, seed=2))
+        cargs = _f32(combine_args(N=N, h=12, H=13, W=17, C=C, seed=2))
         out = OPS.combine_out(*cargs, layout, torch.float32)
         outs += [out, *OPS.combine_out_backward(torch.randn_like(out), *cargs, layout)]
     largs = _f32(local_args(N=2, h=5, H=70, W=90, r=3, seed=3))

@@ -40,6 +40,16 @@ def test_parity(backend, training, layout, shape):
     run_case(make_case(*shape, layout, training), backend)
 
 
+# C = 1024 and N = 5 in (L, N, C): a row block of the C++ kernels holds 25 or 12
+# positions per sample (by the L2 cache size: common.h, row_block_rows), too short for
+# channel runs, so the h-wide passes (xhat and u; grad_z) take blocks of 64 positions of
+# their own (common.h, run_blocks), here two of them, the last partial.
+@pytest.mark.parametrize("backend", [b for b in backend_params() if b.id in ("cpp", "torch")])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_parity_short_runs(backend, training):
+    run_case(make_case(5, 9, 13, "lnc", training, C=1024, seed=30), backend)
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_registered_autograd(backend, training):

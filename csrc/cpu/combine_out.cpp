@@ -132,17 +132,41 @@ void forward_impl(const Dims& d, const Inputs& in, at::Tensor& out) {
   const int64_t max_rows = rb.get(0).rows;
   [[maybe_unused]] const bool stream =
       std::is_same_v<scalar_t, io_t> && d.N * d.HW * C * 4 >= gemm::kStreamBytes;
+  // float32 in (L, N, C) with short runs in the product's blocks: all of v first, in
+  // blocks of longer runs (common.h: run_blocks), then the products read its rows.
+  const RowBlocks vb = run_blocks(rb, ldv);
+  const bool v_first = kF32 && vb.count != rb.count;
+  at::Tensor vall;
+  if (v_first) {
+    vall = Scratch::get(5, d.N * d.HW, ldv, opts);  // the calling thread's slot 5
+    const int64_t vb_rows = vb.get(0).rows;
+    parallel_items(vb.count, [&](ItemQueue& queue) {
+      at::Tensor tbuf = Scratch::get(4, h, vb_rows, opts);
+      for (int64_t b; queue.pop(b);) {
+        const RowBlocks::Block k = vb.get(b);
+        gather_v<scalar_t>(vb, k, d, in, vall.data_ptr<scalar_t>() + k.row0 * ldv, ldv,
+                           tbuf.data_ptr<scalar_t>());
+      }
+    });
+  }
   parallel_items(rb.count, [&](ItemQueue& queue) {
-    at::Tensor vbuf = Scratch::get(1, max_rows, ldv, opts);
-    at::Tensor tbuf;  // float32: gather_v's channel runs
-    if constexpr (kF32) tbuf = Scratch::get(4, h, max_rows, opts);
-    scalar_t* tmp = kF32 ? tbuf.data_ptr<scalar_t>() : nullptr;
+    at::Tensor vbuf, tbuf;
+    if (!v_first) {
+      vbuf = Scratch::get(1, max_rows, ldv, opts);
+      if constexpr (kF32) tbuf = Scratch::get(4, h, max_rows, opts);  // gather_v's runs
+    }
+    scalar_t* tmp = tbuf.defined() ? tbuf.data_ptr<scalar_t>() : nullptr;
     at::Tensor obuf;
     if constexpr (!std::is_same_v<scalar_t, io_t>) obuf = Scratch::get(2, max_rows, C, opts);
-    scalar_t* v = vbuf.data_ptr<scalar_t>();
     for (int64_t b; queue.pop(b);) {
       const RowBlocks::Block k = rb.get(b);
-      gather_v<scalar_t>(rb, k, d, in, v, ldv, tmp);
+      scalar_t* v;
+      if (v_first) {
+        v = vall.data_ptr<scalar_t>() + k.row0 * ldv;
+      } else {
+        v = vbuf.data_ptr<scalar_t>();
+        gather_v<scalar_t>(rb, k, d, in, v, ldv, tmp);
+      }
       scalar_t* o = std::is_same_v<scalar_t, io_t>
                         ? reinterpret_cast<scalar_t*>(out2d.data_ptr<io_t>() + k.row0 * C)
                         : obuf.data_ptr<scalar_t>();
@@ -150,7 +174,7 @@ void forward_impl(const Dims& d, const Inputs& in, at::Tensor& out) {
         gemm::expand(v, ldv, k.rows, h, wTc.const_data_ptr<float>(), C, o, stream);
       } else {
         at::Tensor ob = at::from_blob(o, {k.rows, C}, opts);
-        at::cpu::mm_out(ob, vbuf.narrow(0, 0, k.rows), wT);
+        at::cpu::mm_out(ob, at::from_blob(v, {k.rows, ldv}, opts), wT);
       }
       if constexpr (!std::is_same_v<scalar_t, io_t>)
         convert_n<io_t, scalar_t>(o, out2d.data_ptr<io_t>() + k.row0 * C, k.rows * C);
@@ -169,7 +193,6 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
   const at::Tensor go2d = go.view({N * HW, C});
   // Per-block partials of grad_tail_w^T, (h, C) each.
   at::Tensor tpart = Scratch::get(0, rb.count * h, C, opts);
-  std::vector<double> part(static_cast<size_t>(rb.count * N * h * 2), 0.0);
   const int64_t max_rows = rb.get(0).rows;
   // tail_w (C, h) packed to (C, ldv) for grad_v = grad_out @ tail_w.
   std::vector<float> wpk;
@@ -189,17 +212,86 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
   scalar_t* ggp = gg.data_ptr<scalar_t>();
   scalar_t* gsgp = gsg.data_ptr<scalar_t>();
 
+  // grad_v's channel pass over one block k of blocks B: grad_l, grad_g, grad_sg and the
+  // block's per-sample partials pb of grad_cg, grad_cs, from the block's grad_v rows gv.
+  const auto channel_pass = [&](const RowBlocks& B, const RowBlocks::Block& k, const scalar_t* gv,
+                                double* pb, scalar_t* tmp, std::vector<double>& acc) {
+    const int64_t np = k.p1 - k.p0, rs = k.pstride * ldv;
+    for (int64_t n = k.n0; n < k.n1; ++n) {
+      const scalar_t* sgr = sg + n * HW + k.p0;
+      const scalar_t* gvr = gv + B.noff(k, n) * ldv;
+      std::fill(acc.begin(), acc.begin() + np, 0.0);
+      if constexpr (kF32) {
+        // grad_v's columns of this sample as channel runs.
+        float* cols = tmp;
+        row_planes::to_planes(gvr, rs, ldv, h, np, cols, np);
+        for (int64_t j = 0; j < h; ++j) {
+          const int64_t plane = (n * h + j) * HW + k.p0;
+          combine_rows::backward_channel(cols + j * np, l + plane, g + plane, sgr, cs[n * h + j],
+                                         cg[n * h + j], np, glp + plane, ggp + plane,
+                                         acc.data(), pb + (n * h + j) * 2);
+        }
+      } else {
+        for (int64_t j = 0; j < h; ++j) {
+          const int64_t plane = (n * h + j) * HW + k.p0;
+          const scalar_t* lr = l + plane;
+          const scalar_t* gr = g + plane;
+          scalar_t* glr = glp + plane;
+          scalar_t* ggr = ggp + plane;
+          const scalar_t s = cs[n * h + j], c = cg[n * h + j];
+          const scalar_t* gvc = gvr + j;
+          double s_cg[4] = {0, 0, 0, 0}, s_cs[4] = {0, 0, 0, 0};
+          for (int64_t i = 0; i < np; ++i) {
+            const scalar_t gvi = gvc[i * rs];
+            const scalar_t gvs = gvi * s;
+            glr[i] = gvs * c;
+            ggr[i] = gvs * sgr[i];
+            acc[i] += gvs * gr[i];
+            s_cg[i & 3] += gvs * lr[i];
+            s_cs[i & 3] += gvi * (c * lr[i] + sgr[i] * gr[i]);
+          }
+          pb[(n * h + j) * 2] = (s_cg[0] + s_cg[1]) + (s_cg[2] + s_cg[3]);
+          pb[(n * h + j) * 2 + 1] = (s_cs[0] + s_cs[1]) + (s_cs[2] + s_cs[3]);
+        }
+      }
+      scalar_t* gso = gsgp + n * HW + k.p0;
+      for (int64_t i = 0; i < np; ++i) gso[i] = static_cast<scalar_t>(acc[i]);
+    }
+  };
+
+  // float32 in (L, N, C) with short runs in the product's blocks (common.h: run_blocks):
+  // v first, in blocks of longer runs; the products write all of grad_v's rows; its
+  // channel pass follows in the longer blocks. Otherwise all of it per product block.
+  const RowBlocks vb = run_blocks(rb, ldv);
+  const bool runs = kF32 && vb.count != rb.count;
+  const RowBlocks& cb = runs ? vb : rb;  // the channel pass's blocks
+  std::vector<double> part(static_cast<size_t>(cb.count * N * h * 2), 0.0);
+  at::Tensor vall, gvall;
+  if (runs) {
+    vall = Scratch::get(5, N * HW, ldv, opts);  // the calling thread's slots 5 and 6
+    gvall = Scratch::get(6, N * HW, ldv, opts);
+    const int64_t vb_rows = vb.get(0).rows;
+    parallel_items(vb.count, [&](ItemQueue& queue) {
+      at::Tensor tbuf = Scratch::get(4, h, vb_rows, opts);
+      for (int64_t b; queue.pop(b);) {
+        const RowBlocks::Block k = vb.get(b);
+        gather_v<scalar_t>(vb, k, d, in, vall.data_ptr<scalar_t>() + k.row0 * ldv, ldv,
+                           tbuf.data_ptr<scalar_t>());
+      }
+    });
+  }
+
   parallel_items(rb.count, [&](ItemQueue& queue) {
-    at::Tensor vbuf = Scratch::get(1, max_rows, ldv, opts);
-    at::Tensor gvbuf = Scratch::get(2, max_rows, ldv, opts);
-    at::Tensor tbuf;  // float32: gather_v's channel runs, then grad_v's
-    if constexpr (kF32) tbuf = Scratch::get(4, h, max_rows, opts);
-    scalar_t* tmp = kF32 ? tbuf.data_ptr<scalar_t>() : nullptr;
+    at::Tensor vbuf, gvbuf, tbuf;
+    if (!runs) {
+      vbuf = Scratch::get(1, max_rows, ldv, opts);
+      gvbuf = Scratch::get(2, max_rows, ldv, opts);
+      if constexpr (kF32) tbuf = Scratch::get(4, h, max_rows, opts);  // v's runs, then grad_v's
+    }
+    scalar_t* tmp = tbuf.defined() ? tbuf.data_ptr<scalar_t>() : nullptr;
     at::Tensor gobuf;
     if constexpr (!std::is_same_v<scalar_t, io_t>) gobuf = Scratch::get(3, max_rows, C, opts);
-    std::vector<double> acc(static_cast<size_t>(max_rows));
-    scalar_t* v = vbuf.data_ptr<scalar_t>();
-    scalar_t* gv = gvbuf.data_ptr<scalar_t>();
+    std::vector<double> acc(runs ? 0 : static_cast<size_t>(max_rows));
     for (int64_t b; queue.pop(b);) {
       const RowBlocks::Block k = rb.get(b);
       const scalar_t* gob;
@@ -210,7 +302,16 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
                                   gobuf.data_ptr<scalar_t>(), k.rows * C);
         gob = gobuf.const_data_ptr<scalar_t>();
       }
-      gather_v<scalar_t>(rb, k, d, in, v, ldv, tmp);
+      scalar_t* v;
+      scalar_t* gv;
+      if (runs) {
+        v = vall.data_ptr<scalar_t>() + k.row0 * ldv;
+        gv = gvall.data_ptr<scalar_t>() + k.row0 * ldv;
+      } else {
+        v = vbuf.data_ptr<scalar_t>();
+        gv = gvbuf.data_ptr<scalar_t>();
+        gather_v<scalar_t>(rb, k, d, in, v, ldv, tmp);
+      }
       scalar_t* tp = tpart.data_ptr<scalar_t>() + b * h * C;
       if constexpr (kF32) {
         gemm::rows_dot(gob, k.rows, C, wpk.data(), h, ldv, nullptr, gv, ldv);
@@ -222,57 +323,27 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
         at::Tensor tpt = at::from_blob(tp, {h, C}, opts);
         at::cpu::mm_out(tpt, vbuf.narrow(0, 0, k.rows).t(), gobt);
       }
-
-      const int64_t np = k.p1 - k.p0, rs = k.pstride * ldv;
-      double* pb = part.data() + b * N * h * 2;
-      for (int64_t n = k.n0; n < k.n1; ++n) {
-        const scalar_t* sgr = sg + n * HW + k.p0;
-        const scalar_t* gvr = gv + rb.noff(k, n) * ldv;
-        std::fill(acc.begin(), acc.begin() + np, 0.0);
-        if constexpr (kF32) {
-          // grad_v's columns of this sample as channel runs (tmp is free again: v is used).
-          float* cols = tmp;
-          row_planes::to_planes(gvr, rs, ldv, h, np, cols, np);
-          for (int64_t j = 0; j < h; ++j) {
-            const int64_t plane = (n * h + j) * HW + k.p0;
-            combine_rows::backward_channel(cols + j * np, l + plane, g + plane, sgr, cs[n * h + j],
-                                           cg[n * h + j], np, glp + plane, ggp + plane,
-                                           acc.data(), pb + (n * h + j) * 2);
-          }
-        } else {
-          for (int64_t j = 0; j < h; ++j) {
-            const int64_t plane = (n * h + j) * HW + k.p0;
-            const scalar_t* lr = l + plane;
-            const scalar_t* gr = g + plane;
-            scalar_t* glr = glp + plane;
-            scalar_t* ggr = ggp + plane;
-            const scalar_t s = cs[n * h + j], c = cg[n * h + j];
-            const scalar_t* gvc = gvr + j;
-            double s_cg[4] = {0, 0, 0, 0}, s_cs[4] = {0, 0, 0, 0};
-            for (int64_t i = 0; i < np; ++i) {
-              const scalar_t gvi = gvc[i * rs];
-              const scalar_t gvs = gvi * s;
-              glr[i] = gvs * c;
-              ggr[i] = gvs * sgr[i];
-              acc[i] += gvs * gr[i];
-              s_cg[i & 3] += gvs * lr[i];
-              s_cs[i & 3] += gvi * (c * lr[i] + sgr[i] * gr[i]);
-            }
-            pb[(n * h + j) * 2] = (s_cg[0] + s_cg[1]) + (s_cg[2] + s_cg[3]);
-            pb[(n * h + j) * 2 + 1] = (s_cs[0] + s_cs[1]) + (s_cs[2] + s_cs[3]);
-          }
-        }
-        scalar_t* gso = gsgp + n * HW + k.p0;
-        for (int64_t i = 0; i < np; ++i) gso[i] = static_cast<scalar_t>(acc[i]);
-      }
+      if (!runs) channel_pass(rb, k, gv, part.data() + b * N * h * 2, tmp, acc);
     }
   });
+  if (runs) {
+    const int64_t vb_rows = vb.get(0).rows;
+    parallel_items(vb.count, [&](ItemQueue& queue) {
+      at::Tensor tbuf = Scratch::get(4, h, vb_rows, opts);
+      std::vector<double> acc(static_cast<size_t>(vb_rows));
+      for (int64_t b; queue.pop(b);) {
+        const RowBlocks::Block k = vb.get(b);
+        channel_pass(vb, k, gvall.const_data_ptr<scalar_t>() + k.row0 * ldv,
+                     part.data() + b * N * h * 2, tbuf.data_ptr<scalar_t>(), acc);
+      }
+    });
+  }
 
   scalar_t* pcg = gcg.data_ptr<scalar_t>();
   scalar_t* pcs = gcs.data_ptr<scalar_t>();
   for (int64_t e = 0; e < N * h; ++e) {
     double a = 0.0, c = 0.0;
-    for (int64_t b = 0; b < rb.count; ++b) {
+    for (int64_t b = 0; b < cb.count; ++b) {
       a += part[(b * N * h + e) * 2];
       c += part[(b * N * h + e) * 2 + 1];
     }

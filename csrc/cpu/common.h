@@ -420,6 +420,19 @@ struct RowBlocks {
   int64_t noff(const Block& k, int64_t n) const { return layout == Layout::NHWC ? 0 : n; }
 };
 
+// Row blocks for a pass over hidden-width rows (`width` floats each) that turns them into
+// channel runs (or back), given the product's blocks rb. In the (L, N, C) layout a
+// product block holds row_block_rows(C) / N positions (14 at IPT's C = 576, N = 16), so
+// each channel run would be that short; these blocks hold at least kMinRun positions
+// where 256 KiB of rows allow it. In (N, H, W, C) the product's blocks are kept.
+constexpr int64_t kMinRun = 64;
+inline RowBlocks run_blocks(const RowBlocks& rb, int64_t width) {
+  if (rb.layout == Layout::NHWC || rb.pchunk >= kMinRun || rb.count == 0) return rb;
+  const int64_t rows = rb.pchunk * rb.N;
+  const int64_t fit = (int64_t{256} << 10) / (4 * std::max<int64_t>(width, 1));
+  return RowBlocks(rb.layout, rb.N, rb.HW, std::max(rows, std::min(fit, kMinRun * rb.N)));
+}
+
 // Work items handed out one at a time from a shared counter.
 class ItemQueue {
  public:

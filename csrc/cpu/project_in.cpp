@@ -4,9 +4,11 @@
 // order, one fixed block of rows per work item (x read once, no permute copy), with
 // the block's batch statistics (two-pass inside the block, in double) merged across
 // blocks in block order (Chan et al.); then xhat and u are written in (N, h, H, W).
-// Eval mode normalises each block right after its product.
+// Eval mode normalises each block right after its product, except in (L, N, C) where a
+// product block holds too few positions per sample for long channel runs.
 // Backward: per-channel sums of grad_u and grad_u * xhat; then per row block, the
-// (rows, h) block of grad_z is formed in cache and gives grad_x = grad_z @ weight
+// (rows, h) block of grad_z is formed in cache (in (L, N, C) with short channel runs:
+// all of grad_z first, in longer blocks) and gives grad_x = grad_z @ weight
 // (grad_x written once) and a partial of grad_weight = grad_z^T x (x read once);
 // partials are summed in block order.
 // float32 uses the skinny kernels of skinny_gemm.h, float64 ATen's CPU mm.
@@ -283,11 +285,16 @@ void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weig
   // Per block: (sum, M2 about the block mean) per channel, in double.
   std::vector<double> part(training ? static_cast<size_t>(rb.count * 2 * h) : 0);
   const int64_t max_rows = rb.get(0).rows;
+  // xhat and u are written in blocks of their own (common.h: run_blocks: longer channel
+  // runs in (L, N, C)) after all of z, or, in eval mode where these are the product's,
+  // right after each block's product.
+  const RowBlocks nb = run_blocks(rb, ldz);
+  const bool normalise_after = training || nb.count != rb.count;
   parallel_items(rb.count, [&](ItemQueue& queue) {
     at::Tensor buf;
     if constexpr (!std::is_same_v<scalar_t, io_t>) buf = Scratch::get(1, max_rows, C, opts);
     at::Tensor tbuf;  // float32 eval: normalise_block's channel runs
-    if (kF32 && !training) tbuf = Scratch::get(2, h, max_rows, opts);
+    if (kF32 && !normalise_after) tbuf = Scratch::get(2, h, max_rows, opts);
     scalar_t* tmp = tbuf.defined() ? tbuf.data_ptr<scalar_t>() : nullptr;
     std::vector<double> acc(h);
     for (int64_t b; queue.pop(b);) {
@@ -321,7 +328,7 @@ void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weig
               m2[j] += d * d;
             }
         }
-      } else {
+      } else if (!normalise_after) {
         normalise_block(rb, k, zp, h, ldz, mean.data(), invstd.data(), bw, bb, up, xp, tmp);
       }
     }
@@ -332,19 +339,18 @@ void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weig
   if (!training) {
     std::copy(rmean.const_data_ptr<scalar_t>(), rmean.const_data_ptr<scalar_t>() + h, mo);
     std::copy(rvar.const_data_ptr<scalar_t>(), rvar.const_data_ptr<scalar_t>() + h, vo);
-    return;
   }
   // Chan et al.: merge (count, mean, M2) block by block, in block order.
-  for (int64_t j = 0; j < h; ++j) {
+  for (int64_t j = 0; training && j < h; ++j) {
     double cnt = 0.0, m = 0.0, m2 = 0.0;
     for (int64_t b = 0; b < rb.count; ++b) {
-      const double nb = static_cast<double>(rb.get(b).rows);
+      const double nr = static_cast<double>(rb.get(b).rows);
       const double* pb = part.data() + b * 2 * h;
-      const double mb = pb[j] / nb;
-      const double tot = cnt + nb;
+      const double mb = pb[j] / nr;
+      const double tot = cnt + nr;
       const double d = mb - m;
-      m += d * nb / tot;
-      m2 += pb[h + j] + d * d * cnt * nb / tot;
+      m += d * nr / tot;
+      m2 += pb[h + j] + d * d * cnt * nr / tot;
       cnt = tot;
     }
     const double var = m2 / cnt;
@@ -353,12 +359,14 @@ void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weig
     mean[j] = mo[j];
     invstd[j] = scalar_t(1) / std::sqrt(vo[j] + static_cast<scalar_t>(eps));
   }
-  parallel_items(rb.count, [&](ItemQueue& queue) {
+  if (!normalise_after) return;
+  const int64_t nb_rows = nb.get(0).rows;
+  parallel_items(nb.count, [&](ItemQueue& queue) {
     at::Tensor tbuf;
-    if constexpr (kF32) tbuf = Scratch::get(2, h, max_rows, opts);
+    if constexpr (kF32) tbuf = Scratch::get(2, h, nb_rows, opts);
     scalar_t* tmp = kF32 ? tbuf.data_ptr<scalar_t>() : nullptr;
     for (int64_t b; queue.pop(b);)
-      normalise_block(rb, rb.get(b), zp, h, ldz, mean.data(), invstd.data(), bw, bb, up, xp, tmp);
+      normalise_block(nb, nb.get(b), zp, h, ldz, mean.data(), invstd.data(), bw, bb, up, xp, tmp);
   });
 }
 
@@ -429,33 +437,61 @@ void backward_impl(const Geometry& g, const at::Tensor& grad_u, const at::Tensor
   const int64_t max_rows = rb.get(0).rows;
   [[maybe_unused]] const bool stream =
       std::is_same_v<scalar_t, io_t> && g.rows * C * 4 >= gemm::kStreamBytes;
+  // grad_z's rows of one block k of blocks B, from channel runs of grad_u and xhat.
+  const auto grad_z_block = [&](const RowBlocks& B, const RowBlocks::Block& k, scalar_t* gz,
+                                scalar_t* tmp) {
+    const int64_t np = k.p1 - k.p0, rs = k.pstride * ldz;
+    for (int64_t n = k.n0; n < k.n1; ++n) {
+      scalar_t* zr = gz + B.noff(k, n) * ldz;
+      for (int64_t j = 0; j < h; ++j) {
+        const scalar_t* a = gu + (n * h + j) * HW + k.p0;
+        const scalar_t* c = xh + (n * h + j) * HW + k.p0;
+        const scalar_t s = scale[j], sa = ca[j], sb = cb[j];
+        if constexpr (kF32) {  // channel runs, then transposed into the rows
+          grad_z_run(a, c, np, s, sa, sb, tmp + j * np);
+        } else {
+          scalar_t* zc = zr + j;
+          for (int64_t i = 0; i < np; ++i) zc[i * rs] = s * (a[i] - sa - c[i] * sb);
+        }
+      }
+      if constexpr (kF32) row_planes::to_rows(tmp, np, h, np, zr, rs, ldz);
+    }
+  };
+  // float32 in (L, N, C) with short runs in the product's blocks (common.h: run_blocks):
+  // all of grad_z first, in blocks of longer runs; the products read its rows.
+  const RowBlocks zb = run_blocks(rb, ldz);
+  const bool z_first = kF32 && zb.count != rb.count;
+  at::Tensor gzall;
+  if (z_first) {
+    gzall = Scratch::get(5, g.rows, ldz, opts);  // the calling thread's slot 5
+    const int64_t zb_rows = zb.get(0).rows;
+    parallel_items(zb.count, [&](ItemQueue& queue) {
+      at::Tensor tbuf = Scratch::get(4, h, zb_rows, opts);
+      for (int64_t b; queue.pop(b);) {
+        const RowBlocks::Block k = zb.get(b);
+        grad_z_block(zb, k, gzall.data_ptr<scalar_t>() + k.row0 * ldz, tbuf.data_ptr<scalar_t>());
+      }
+    });
+  }
   parallel_items(rb.count, [&](ItemQueue& queue) {
-    at::Tensor gzbuf = Scratch::get(1, max_rows, ldz, opts);
+    at::Tensor gzbuf, tbuf;
+    if (!z_first) {
+      gzbuf = Scratch::get(1, max_rows, ldz, opts);
+      if constexpr (kF32) tbuf = Scratch::get(4, h, max_rows, opts);
+    }
     at::Tensor xbuf, gxbuf;
     if constexpr (!std::is_same_v<scalar_t, io_t>) {
       xbuf = Scratch::get(2, max_rows, C, opts);
       gxbuf = Scratch::get(3, max_rows, C, opts);
     }
-    scalar_t* gz = gzbuf.data_ptr<scalar_t>();
-    at::Tensor tbuf;
-    if constexpr (kF32) tbuf = Scratch::get(4, h, max_rows, opts);
     for (int64_t b; queue.pop(b);) {
       const RowBlocks::Block k = rb.get(b);
-      const int64_t np = k.p1 - k.p0, rs = k.pstride * ldz;
-      for (int64_t n = k.n0; n < k.n1; ++n) {
-        scalar_t* zr = gz + rb.noff(k, n) * ldz;
-        for (int64_t j = 0; j < h; ++j) {
-          const scalar_t* a = gu + (n * h + j) * HW + k.p0;
-          const scalar_t* c = xh + (n * h + j) * HW + k.p0;
-          const scalar_t s = scale[j], sa = ca[j], sb = cb[j];
-          if constexpr (kF32) {  // channel runs, then transposed into the rows
-            grad_z_run(a, c, np, s, sa, sb, tbuf.data_ptr<float>() + j * np);
-          } else {
-            scalar_t* zc = zr + j;
-            for (int64_t i = 0; i < np; ++i) zc[i * rs] = s * (a[i] - sa - c[i] * sb);
-          }
-        }
-        if constexpr (kF32) row_planes::to_rows(tbuf.data_ptr<float>(), np, h, np, zr, rs, ldz);
+      scalar_t* gz;
+      if (z_first) {
+        gz = gzall.data_ptr<scalar_t>() + k.row0 * ldz;
+      } else {
+        gz = gzbuf.data_ptr<scalar_t>();
+        grad_z_block(rb, k, gz, tbuf.defined() ? tbuf.data_ptr<scalar_t>() : nullptr);
       }
       double* bp = bpart.data() + b * h;
       for (int64_t j = 0; j < h; ++j) bp[j] = 0.0;
@@ -470,7 +506,7 @@ void backward_impl(const Geometry& g, const at::Tensor& grad_u, const at::Tensor
                     wpart.data_ptr<float>() + b * h * C);
         gemm::expand(gz, ldz, k.rows, h, weight.const_data_ptr<float>(), C, gxo, stream);
       } else {
-        const at::Tensor gzb = gzbuf.narrow(0, 0, k.rows);
+        const at::Tensor gzb = at::from_blob(gz, {k.rows, ldz}, opts);
         at::Tensor wp = wpart.narrow(0, b * h, h);
         at::cpu::mm_out(wp, gzb.t(), xb);
         at::Tensor gxb = at::from_blob(gxo, {k.rows, C}, opts);
