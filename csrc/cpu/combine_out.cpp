@@ -7,7 +7,9 @@
 // grad_out @ tail_w and, from cache, for the block's partial of grad_tail_w =
 // grad_out^T v (v rebuilt in cache); grad_l, grad_g, grad_sg and the per-sample sums
 // for grad_cg and grad_cs follow from grad_v in the same block. Partials are summed in
-// block order. float32 uses the skinny kernels of skinny_gemm.h and the row kernel of
+// block order. In (L, N, C), where a block holds too few positions per sample for long
+// channel runs (common.h: run_blocks), float32 builds all of v first and runs grad_v's
+// channel pass after the products, each in longer blocks of its own. float32 uses the skinny kernels of skinny_gemm.h and the row kernel of
 // combine_rows.h, float64 ATen's mm and the scalar loop below.
 #include "combine_out.h"
 
