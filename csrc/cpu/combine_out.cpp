@@ -121,6 +121,19 @@ void gather_v(const RowBlocks& rb, const RowBlocks::Block& k, const Dims& d, con
   }
 }
 
+// All of v's rows, (N HW, ldv), in parallel over the blocks vb (float32).
+template <typename scalar_t>
+void gather_v_all(const RowBlocks& vb, const Dims& d, const Inputs& in, scalar_t* v, int64_t ldv) {
+  const int64_t vb_rows = vb.get(0).rows;
+  parallel_items(vb.count, [&](ItemQueue& queue) {
+    at::Tensor tbuf = Scratch::get(4, d.h, vb_rows, in.l.options());
+    for (int64_t b; queue.pop(b);) {
+      const RowBlocks::Block k = vb.get(b);
+      gather_v<scalar_t>(vb, k, d, in, v + k.row0 * ldv, ldv, tbuf.data_ptr<scalar_t>());
+    }
+  });
+}
+
 template <typename scalar_t, typename io_t>
 void forward_impl(const Dims& d, const Inputs& in, at::Tensor& out) {
   constexpr bool kF32 = std::is_same_v<scalar_t, float>;
@@ -141,15 +154,7 @@ void forward_impl(const Dims& d, const Inputs& in, at::Tensor& out) {
   at::Tensor vall;
   if (v_first) {
     vall = Scratch::get(5, d.N * d.HW, ldv, opts);  // the calling thread's slot 5
-    const int64_t vb_rows = vb.get(0).rows;
-    parallel_items(vb.count, [&](ItemQueue& queue) {
-      at::Tensor tbuf = Scratch::get(4, h, vb_rows, opts);
-      for (int64_t b; queue.pop(b);) {
-        const RowBlocks::Block k = vb.get(b);
-        gather_v<scalar_t>(vb, k, d, in, vall.data_ptr<scalar_t>() + k.row0 * ldv, ldv,
-                           tbuf.data_ptr<scalar_t>());
-      }
-    });
+    gather_v_all<scalar_t>(vb, d, in, vall.data_ptr<scalar_t>(), ldv);
   }
   parallel_items(rb.count, [&](ItemQueue& queue) {
     at::Tensor vbuf, tbuf;
@@ -272,15 +277,7 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
   if (runs) {
     vall = Scratch::get(5, N * HW, ldv, opts);  // the calling thread's slots 5 and 6
     gvall = Scratch::get(6, N * HW, ldv, opts);
-    const int64_t vb_rows = vb.get(0).rows;
-    parallel_items(vb.count, [&](ItemQueue& queue) {
-      at::Tensor tbuf = Scratch::get(4, h, vb_rows, opts);
-      for (int64_t b; queue.pop(b);) {
-        const RowBlocks::Block k = vb.get(b);
-        gather_v<scalar_t>(vb, k, d, in, vall.data_ptr<scalar_t>() + k.row0 * ldv, ldv,
-                           tbuf.data_ptr<scalar_t>());
-      }
-    });
+    gather_v_all<scalar_t>(vb, d, in, vall.data_ptr<scalar_t>(), ldv);
   }
 
   parallel_items(rb.count, [&](ItemQueue& queue) {
