@@ -1,0 +1,109 @@
+"""The CPU speed and memory targets, read from runs of `adaptir bench --full --json`.
+
+    python benchmarks/targets.py FILE [FILE ...] [--impl fused:cpp]
+
+For each target (benchmarks/RESULTS.md lists them with the numbers these print) and each
+run, the value the run gives and whether it meets the target:
+
+- forward+backward at least 4x the eager reference (edt-train, ipt-train);
+- forward at least 5x: train mode (autograd recording) at edt-train and ipt-train, and
+  eval mode at edt-infer;
+- forward at least 2x torch.compile of the reference: the fused module's infer speed-up
+  over the compiled one's, each against the reference timed beside it (runs with the
+  compile rows only);
+- at most 3 hidden-width tensors saved for backward beyond x.
+
+Every ratio is within one run: runs on a noisy machine are never mixed. The last
+column says in how many of the runs that have the value the target is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
+
+# (label, shape, value from the shape's rows, threshold, True where the value must be
+# at least the threshold, False where at most)
+Rows = Dict[str, dict]
+TARGETS: List[Tuple[str, str, Callable[[Rows, str], Optional[float]], float, bool]] = []
+
+
+def _speedup(column: str) -> Callable[[Rows, str], Optional[float]]:
+    def get(rows: Rows, impl: str) -> Optional[float]:
+        r = rows.get(impl)
+        if r is None or r.get("status") != "ok":
+            return None
+        return (r.get("speedup") or {}).get(column)
+    return get
+
+
+def _over_compile(rows: Rows, impl: str) -> Optional[float]:
+    fused = _speedup("infer")(rows, impl)
+    compiled = _speedup("infer")(rows, "compile:fwd")
+    return fused / compiled if fused and compiled else None
+
+
+def _saved(rows: Rows, impl: str) -> Optional[float]:
+    r = rows.get(impl)
+    return None if r is None or r.get("status") != "ok" else r.get("saved_hidden_units")
+
+
+for _shape in ("ipt-train", "edt-train"):
+    TARGETS.append(("fwd+bwd >= 4x the reference", _shape, _speedup("fwd+bwd"), 4.0, True))
+for _shape in ("ipt-train", "edt-train"):
+    TARGETS.append(("fwd (train mode) >= 5x", _shape, _speedup("fwd"), 5.0, True))
+TARGETS.append(("fwd (eval mode) >= 5x", "edt-infer", _speedup("infer"), 5.0, True))
+for _shape in ("ipt-train", "edt-train", "edt-infer"):
+    TARGETS.append(("fwd >= 2x torch.compile (ratio of speed-ups)", _shape, _over_compile, 2.0, True))
+for _shape in ("ipt-train", "edt-train"):
+    TARGETS.append(("<= 3 hidden-width tensors saved", _shape, _saved, 3.0, False))
+
+
+def load_rows(path: str) -> Dict[str, Rows]:
+    """shape name -> implementation -> its result row, for one `adaptir bench --json` file."""
+    with open(path) as f:
+        run = json.load(f)
+    if "shapes" not in run:
+        raise ValueError(f"{path}: not an `adaptir bench --json` file (no 'shapes')")
+    return {s["name"]: {r["impl"]: r for r in s.get("results", [])} for s in run["shapes"]}
+
+
+def evaluate(runs: List[Dict[str, Rows]], impl: str) -> List[dict]:
+    """One row per target: its values per run (None where the run lacks them) and how
+    many of the runs with a value meet it."""
+    out = []
+    for label, shape, get, threshold, at_least in TARGETS:
+        values = [get(run[shape], impl) if shape in run else None for run in runs]
+        have = [v for v in values if v is not None]
+        met = sum(1 for v in have if (v >= threshold if at_least else v <= threshold))
+        out.append({"target": label, "shape": shape, "values": values, "met": met, "runs": len(have)})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="+", help="`adaptir bench --full --json` files, one run each")
+    ap.add_argument("--impl", default="fused:cpp", help="the implementation to hold to the targets")
+    args = ap.parse_args(argv)
+    try:
+        runs = [load_rows(p) for p in args.files]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        print(f"targets: {e}", file=sys.stderr)
+        return 2
+    rows = evaluate(runs, args.impl)
+    if not any(r["runs"] for r in rows):
+        print(f"targets: no run has results for {args.impl!r}", file=sys.stderr)
+        return 2
+    print(f"{args.impl}, {len(runs)} run(s); values in file order")
+    print(f"{'target':46} {'shape':10} {'values':40} met")
+    for r in rows:
+        vals = ", ".join("-" if v is None else f"{v:.2f}" for v in r["values"])
+        met = f"{r['met']} of {r['runs']}" if r["runs"] else "no data"
+        print(f"{r['target']:46} {r['shape']:10} {vals:40} {met}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

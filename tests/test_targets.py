@@ -1,0 +1,57 @@
+"""benchmarks/targets.py: each target's value per run, at-least and at-most thresholds,
+rows that are missing or not ok left out of the count, and unreadable files an error."""
+
+import json
+
+import pytest
+from helpers import load_benchmark_script
+
+
+@pytest.fixture(scope="module")
+def targets():
+    return load_benchmark_script("targets.py")
+
+
+def _run(path, fwdbwd, fwd, saved, infer=None, compile_infer=None, status="ok"):
+    fused = {"impl": "fused:cpp", "status": status, "saved_hidden_units": saved,
+             "speedup": {"fwd+bwd": fwdbwd, "fwd": fwd, "infer": infer}}
+    rows = [{"impl": "reference", "status": "ok", "speedup": {"fwd+bwd": 1.0, "fwd": 1.0}}, fused]
+    if compile_infer is not None:
+        rows.append({"impl": "compile:fwd", "status": "ok", "speedup": {"infer": compile_infer}})
+    path.write_text(json.dumps({"shapes": [{"name": "edt-train", "results": rows}]}))
+    return str(path)
+
+
+def _row(rows, target, shape):
+    return next(r for r in rows if r["target"].startswith(target) and r["shape"] == shape)
+
+
+def test_values_and_counts(targets, tmp_path):
+    runs = [targets.load_rows(_run(tmp_path / "a.json", 4.0, 5.5, 2.0, infer=6.0, compile_infer=2.0)),
+            targets.load_rows(_run(tmp_path / "b.json", 3.9, 4.9, 3.2)),
+            targets.load_rows(_run(tmp_path / "c.json", 9.0, 9.0, 1.0, status="compile failed: x"))]
+    rows = targets.evaluate(runs, "fused:cpp")
+    r = _row(rows, "fwd+bwd", "edt-train")
+    assert r["values"] == [4.0, 3.9, None] and (r["met"], r["runs"]) == (1, 2)  # 4.0 meets >= 4
+    r = _row(rows, "fwd (train", "edt-train")
+    assert (r["met"], r["runs"]) == (1, 2)
+    r = _row(rows, "<= 3", "edt-train")
+    assert r["values"] == [2.0, 3.2, None] and (r["met"], r["runs"]) == (1, 2)
+    r = _row(rows, "fwd >= 2x torch.compile", "edt-train")
+    assert r["values"] == [3.0, None, None] and (r["met"], r["runs"]) == (1, 1)
+    # shapes the runs do not have: no values, nothing counted
+    r = _row(rows, "fwd+bwd", "ipt-train")
+    assert r["values"] == [None, None, None] and r["runs"] == 0
+
+
+def test_main_prints_and_fails_on_bad_input(targets, tmp_path, capsys):
+    good = _run(tmp_path / "a.json", 5.0, 6.0, 2.0)
+    assert targets.main([good]) == 0
+    out = capsys.readouterr().out
+    assert "fwd+bwd >= 4x the reference" in out and "1 of 1" in out
+    assert targets.main([str(tmp_path / "missing.json")]) == 2
+    (tmp_path / "other.json").write_text(json.dumps({"runs": []}))
+    assert targets.main([str(tmp_path / "other.json")]) == 2
+    assert "not an `adaptir bench --json` file" in capsys.readouterr().err
+    assert targets.main([good, "--impl", "fused:triton"]) == 2
+    assert "no run has results for 'fused:triton'" in capsys.readouterr().err
