@@ -208,8 +208,9 @@ inline bool poison_enabled() { return poison_flag().load(std::memory_order_relax
 // first touch, which costs about as much as a pass over the tensor. glibc's malloc
 // gives such blocks back to the OS when they are freed at the top of its heap (or
 // maps them afresh above its mmap threshold): at ipt-train, whose hidden-width tensors
-// are 384 KiB, a training step page-faulted about 830 times (3.3 MB) with a 1 MiB
-// lower bound here, and none with this one. A buffer goes back to the cache when its
+// are 384 KiB, a process running only the adapter page-faulted up to about 900 times
+// (3.5 MB) per training step with a 1 MiB lower bound here, and not at all with this
+// one (benchmarks/bench_page_faults.py). A buffer goes back to the cache when its
 // tensor dies. The cache holds at most ADAPTIR_OUTPUT_CACHE_MB megabytes (default 256;
 // 0 turns it off).
 class OutputCache {
