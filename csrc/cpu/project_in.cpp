@@ -339,25 +339,26 @@ void forward_impl(const Geometry& g, const at::Tensor& x, const at::Tensor& weig
   if (!training) {
     std::copy(rmean.const_data_ptr<scalar_t>(), rmean.const_data_ptr<scalar_t>() + h, mo);
     std::copy(rvar.const_data_ptr<scalar_t>(), rvar.const_data_ptr<scalar_t>() + h, vo);
-  }
-  // Chan et al.: merge (count, mean, M2) block by block, in block order.
-  for (int64_t j = 0; training && j < h; ++j) {
-    double cnt = 0.0, m = 0.0, m2 = 0.0;
-    for (int64_t b = 0; b < rb.count; ++b) {
-      const double nr = static_cast<double>(rb.get(b).rows);
-      const double* pb = part.data() + b * 2 * h;
-      const double mb = pb[j] / nr;
-      const double tot = cnt + nr;
-      const double d = mb - m;
-      m += d * nr / tot;
-      m2 += pb[h + j] + d * d * cnt * nr / tot;
-      cnt = tot;
+  } else {
+    // Chan et al.: merge (count, mean, M2) block by block, in block order.
+    for (int64_t j = 0; j < h; ++j) {
+      double cnt = 0.0, m = 0.0, m2 = 0.0;
+      for (int64_t b = 0; b < rb.count; ++b) {
+        const double nr = static_cast<double>(rb.get(b).rows);
+        const double* pb = part.data() + b * 2 * h;
+        const double mb = pb[j] / nr;
+        const double tot = cnt + nr;
+        const double d = mb - m;
+        m += d * nr / tot;
+        m2 += pb[h + j] + d * d * cnt * nr / tot;
+        cnt = tot;
+      }
+      const double var = m2 / cnt;
+      mo[j] = static_cast<scalar_t>(m);
+      vo[j] = static_cast<scalar_t>(var);
+      mean[j] = mo[j];
+      invstd[j] = scalar_t(1) / std::sqrt(vo[j] + static_cast<scalar_t>(eps));
     }
-    const double var = m2 / cnt;
-    mo[j] = static_cast<scalar_t>(m);
-    vo[j] = static_cast<scalar_t>(var);
-    mean[j] = mo[j];
-    invstd[j] = scalar_t(1) / std::sqrt(vo[j] + static_cast<scalar_t>(eps));
   }
   if (!normalise_after) return;
   const int64_t nb_rows = nb.get(0).rows;
