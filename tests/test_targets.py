@@ -12,10 +12,13 @@ def targets():
     return load_benchmark_script("targets.py")
 
 
-def _run(path, fwdbwd, fwd, saved, infer=None, compile_infer=None, status="ok"):
+def _run(path, fwdbwd, fwd, saved, infer=None, compile_infer=None, status="ok", floor_fraction=None):
     fused = {"impl": "fused:cpp", "status": status, "saved_hidden_units": saved,
              "speedup": {"fwd+bwd": fwdbwd, "fwd": fwd, "infer": infer}}
-    rows = [{"impl": "reference", "status": "ok", "speedup": {"fwd+bwd": 1.0, "fwd": 1.0}}, fused]
+    reference = {"impl": "reference", "status": "ok", "speedup": {"fwd+bwd": 1.0, "fwd": 1.0}}
+    if floor_fraction is not None:
+        reference["floor_fraction"] = floor_fraction
+    rows = [reference, fused]
     if compile_infer is not None:
         rows.append({"impl": "compile:fwd", "status": "ok", "speedup": {"infer": compile_infer}})
     path.write_text(json.dumps({"shapes": [{"name": "edt-train", "results": rows}]}))
@@ -44,11 +47,33 @@ def test_values_and_counts(targets, tmp_path):
     assert r["values"] == [None, None, None] and r["runs"] == 0
 
 
+def test_speed_at_the_floor(targets, tmp_path):
+    # the reference at a quarter of the floor's speed: an implementation at the floor is
+    # 4x faster, meeting fwd+bwd >= 4x and missing fwd >= 5x
+    a = _run(tmp_path / "a.json", 3.0, 3.5, 2.0, floor_fraction={"fwd+bwd": 0.25, "fwd": 0.25})
+    b = _run(tmp_path / "b.json", 3.0, 3.5, 2.0, floor_fraction={"fwd+bwd": 0.3})
+    c = _run(tmp_path / "c.json", 3.0, 3.5, 2.0)  # an older file without the floor
+    rows = targets.evaluate([targets.load_rows(p) for p in (a, b, c)], "fused:cpp")
+    r = _row(rows, "fwd+bwd", "edt-train")
+    assert r["floor_values"] == [4.0, pytest.approx(1 / 0.3), None]
+    assert (r["floor_met"], r["floor_runs"]) == (1, 2)
+    r = _row(rows, "fwd (train", "edt-train")
+    assert r["floor_values"] == [4.0, None, None] and (r["floor_met"], r["floor_runs"]) == (0, 1)
+    # targets that are not speed-ups over the reference have no floor line
+    assert "floor_values" not in _row(rows, "<= 3", "edt-train")
+    assert "floor_values" not in _row(rows, "fwd >= 2x torch.compile", "edt-train")
+
+
 def test_main_prints_and_fails_on_bad_input(targets, tmp_path, capsys):
     good = _run(tmp_path / "a.json", 5.0, 6.0, 2.0)
     assert targets.main([good]) == 0
     out = capsys.readouterr().out
     assert "fwd+bwd >= 4x the reference" in out and "1 of 1" in out
+    assert "at the floor" not in out  # the run has no floor: no line for it
+    floored = _run(tmp_path / "f.json", 5.0, 6.0, 2.0, floor_fraction={"fwd+bwd": 0.125})
+    assert targets.main([floored]) == 0
+    out = capsys.readouterr().out
+    assert "  at the floor" in out and "8.00" in out
     assert targets.main([str(tmp_path / "missing.json")]) == 2
     (tmp_path / "other.json").write_text(json.dumps({"runs": []}))
     assert targets.main([str(tmp_path / "other.json")]) == 2
