@@ -42,14 +42,47 @@ inline int64_t outer_block_rows(int64_t C) {
   return std::min<int64_t>(64, std::max<int64_t>(8, (48 * 1024) / (4 * std::max<int64_t>(C, 1))));
 }
 
-// rows_dot fetches the rows kRowsAhead blocks of rows ahead into L2 (prefetcht1), in
-// every build. On a Xeon, fetching them into L1 three blocks ahead was up to 2x faster
-// than the non-temporal hint one block ahead; on an AMD EPYC (Zen 4) fetching into L2
-// instead is 1.1-1.45x faster again, from memory, in both builds (benchmarks/cpp/
-// bench_skinny_gemm). Fetching into L2 has not been measured on an Intel CPU, nor on the
-// Zen 3 EPYC where the AVX2 build's non-temporal hint was chosen.
+// rows_dot in 8-column vectors (h a multiple of 8, as at IPT), and every rows_dot of the
+// AVX-512 build, fetch the rows kRowsAhead blocks of rows ahead into L2 (prefetcht1). On
+// a Xeon, fetching them into L1 three blocks ahead was up to 2x faster than the
+// non-temporal hint one block ahead; on an AMD EPYC (Zen 4) fetching into L2 instead was
+// 1.1-1.45x faster again, from memory (benchmarks/cpp/bench_skinny_gemm).
 constexpr int kRowsAhead = 3;
 constexpr int kRowsHint = 2;
+
+// rows_dot in column pairs (h = 12 at EDT) of the AVX2 and baseline builds reads its R
+// rows as what they are in memory, one stream of R * C floats, and fetches that stream
+// in address order kStreamLines cache lines ahead into L1 (prefetcht0), one line for each
+// 64 bytes its row blocks consume. The row blocks walk RB rows side by side, which the
+// hardware prefetchers do not follow. Fetched per row kRowsAhead blocks ahead into L2
+// instead, at edt-train's shape on an AMD EPYC (Zen 4) with two threads, rows_dot from
+// memory took 1.4-1.65x the larger of its time from L1/L2 and one read of the rows, where
+// a read and arithmetic on registers overlap almost fully (benchmarks/cpp/bench_overlap).
+// The same stream made the 8-column rows_dot at ipt-train's shape (C = 576, h = 24)
+// 1.2-1.4x slower from memory: its weights, 55 KiB there, do not stay in L1 beside it.
+constexpr int64_t kStreamLines = 40;
+
+struct StreamFetch {
+  const char* next;
+  const char* end;
+  // Fetches the first kStreamLines lines of the n floats at x.
+  StreamFetch(const float* x, int64_t n)
+      : next(reinterpret_cast<const char*>(x)), end(reinterpret_cast<const char*>(x + n)) {
+    for (int64_t k = 0; k < kStreamLines && next < end; ++k, next += 64) __builtin_prefetch(next, 0, 3);
+  }
+  // One more line, until the end of the stream.
+  void line() {
+    if (next < end) {
+      __builtin_prefetch(next, 0, 3);
+      next += 64;
+    }
+  }
+  // Called once per step that consumes `bytes` (at most 64) more of the stream, k the
+  // step's index: one line each time the consumed total passes a multiple of 64 bytes.
+  void step(int64_t k, int64_t bytes) {
+    if (((k * bytes) & 63) < bytes) line();
+  }
+};
 
 // Prefetches the cache lines [next, end) into every level, at most `lines` of them,
 // advancing next.

@@ -71,7 +71,7 @@ static void dot_hv(const float* x, int64_t R, int64_t C, const float* wt, int64_
 // odd c; one broadcast of (x[r, c], x[r, c + 1]) feeds the row's V fused multiply-adds.
 template <int V, int RB>
 SG_AI void dot_pairs(const float* x, int64_t C, const float* wi, const float* bi, int64_t h,
-                     float* z, int64_t ldz) {
+                     float* z, int64_t ldz, StreamFetch& fetch) {
   __m256 acc[RB][V];
   for (int v = 0; v < V; ++v) {
     const __m256 b = _mm256_loadu_ps(bi + 8 * v);
@@ -79,9 +79,7 @@ SG_AI void dot_pairs(const float* x, int64_t C, const float* wi, const float* bi
   }
   const int64_t C2 = C / 2;
   for (int64_t c2 = 0; c2 < C2; ++c2) {
-    if ((c2 & 7) == 0)  // the rows kRowsAhead blocks ahead (skinny_gemm.h)
-      for (int i = 0; i < RB; ++i)
-        __builtin_prefetch(x + (kRowsAhead * RB + i) * C + 2 * c2, 0, kRowsHint);
+    fetch.step(c2, 8 * RB);  // skinny_gemm.h: StreamFetch
     __m256 w[V];
     for (int v = 0; v < V; ++v) w[v] = _mm256_loadu_ps(wi + (c2 * V + v) * 8);
     for (int i = 0; i < RB; ++i) {
@@ -112,9 +110,11 @@ static void rows_dot_pairs(const float* x, int64_t R, int64_t C, const float* wt
                            const float* bias, int64_t h, float* z, int64_t ldz) {
   constexpr int RB = V == 1 ? 8 : (V == 3 ? 4 : 2);
   const PairWeights pw = pack_pairs(wt, C, hp, bias, V);
+  StreamFetch fetch(x, R * C);
   int64_t r = 0;
-  for (; r + RB <= R; r += RB) dot_pairs<V, RB>(x + r * C, C, pw.w, pw.bias, h, z + r * ldz, ldz);
-  for (; r < R; ++r) dot_pairs<V, 1>(x + r * C, C, pw.w, pw.bias, h, z + r * ldz, ldz);
+  for (; r + RB <= R; r += RB)
+    dot_pairs<V, RB>(x + r * C, C, pw.w, pw.bias, h, z + r * ldz, ldz, fetch);
+  for (; r < R; ++r) dot_pairs<V, 1>(x + r * C, C, pw.w, pw.bias, h, z + r * ldz, ldz, fetch);
 }
 #endif
 
