@@ -54,12 +54,13 @@ constexpr int kRowsHint = 2;
 // rows as what they are in memory, one stream of R * C floats, and fetches that stream
 // in address order kStreamLines cache lines ahead into L1 (prefetcht0), one line for each
 // 64 bytes its row blocks consume. The row blocks walk RB rows side by side, which the
-// hardware prefetchers do not follow. Fetched per row kRowsAhead blocks ahead into L2
-// instead, at edt-train's shape on an AMD EPYC (Zen 4) with two threads, rows_dot from
-// memory took 1.4-1.65x the larger of its time from L1/L2 and one read of the rows, where
-// a read and arithmetic on registers overlap almost fully (benchmarks/cpp/bench_overlap).
-// The same stream made the 8-column rows_dot at ipt-train's shape (C = 576, h = 24)
-// 1.2-1.4x slower from memory: its weights, 55 KiB there, do not stay in L1 beside it.
+// hardware prefetchers do not follow. At edt-train's shape on an AMD EPYC (Zen 4) with
+// two threads, rows_dot from memory took 1.13-1.46x the larger of its time from L1/L2 and
+// one read of the rows this way, against 1.34-1.56x fetched per row kRowsAhead blocks
+// ahead into L2 (benchmarks/RESULTS.md); a read and arithmetic on registers overlap
+// almost fully there (benchmarks/cpp/bench_overlap). The same stream made the 8-column
+// rows_dot at ipt-train's shape (C = 576, h = 24) 1.3-1.4x slower from memory: its
+// weights, 55 KiB there, do not stay in L1 beside it.
 constexpr int64_t kStreamLines = 40;
 
 struct StreamFetch {
