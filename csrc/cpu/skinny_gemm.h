@@ -78,10 +78,12 @@ struct StreamFetch {
       next += 64;
     }
   }
-  // Called once per step that consumes `bytes` (at most 64) more of the stream, k the
-  // step's index: one line each time the consumed total passes a multiple of 64 bytes.
+  // Called once per step that consumes `bytes` (1 to 64) more of the stream, k the step's
+  // index: one line for each multiple of 64 bytes that the step's bytes [k * bytes,
+  // (k + 1) * bytes) contain.
   void step(int64_t k, int64_t bytes) {
-    if (((k * bytes) & 63) < bytes) line();
+    const int64_t o = (k * bytes) & 63;
+    if (o == 0 || o + bytes > 64) line();
   }
 };
 

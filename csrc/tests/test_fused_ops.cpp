@@ -107,6 +107,29 @@ void test_skinny_gemm() {
   }
 }
 
+// StreamFetch (skinny_gemm.h), the pace of rows_dot's fetch: kStreamLines lines at the
+// start, then one line for each 64 bytes consumed, whatever the bytes per step, never
+// past the end of the stream.
+void test_stream_fetch() {
+  namespace gemm = adaptir::cpu::gemm;
+  for (const int64_t bytes : {1, 8, 12, 16, 32, 48, 60, 64}) {
+    for (const int64_t steps : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{100}, int64_t{1000}}) {
+      const int64_t n = 1 << 16;  // floats: 4096 lines
+      std::vector<float> x(n);
+      gemm::StreamFetch f(x.data(), n);
+      const char* start = reinterpret_cast<const char*>(x.data());
+      for (int64_t k = 0; k < steps; ++k) f.step(k, bytes);
+      const int64_t lines = gemm::kStreamLines + (steps * bytes + 63) / 64;
+      EXPECT(f.next - start == 64 * lines);
+    }
+  }
+  // A short stream: the fetch stops at its end.
+  std::vector<float> y(100);  // 400 bytes: 7 lines from its start
+  gemm::StreamFetch f(y.data(), 100);
+  for (int64_t k = 0; k < 1000; ++k) f.step(k, 64);
+  EXPECT(f.next >= f.end && f.next - f.end < 64);
+}
+
 // ---- rows <-> channel planes ------------------------------------------------------
 
 void test_row_planes() {
@@ -373,6 +396,7 @@ void test_dispatcher() {
 
 int main() {
   test_skinny_gemm();
+  test_stream_fetch();
   test_row_planes();
   test_project_in();
   test_local_branch();
