@@ -241,12 +241,13 @@ static void expand_impl(const float* g, int64_t ldg, int64_t R, int64_t h, const
     for (; r < R; ++r) expand_rows<1>(g + r * ldg, ldg, h, w, C, y + r * C);
     return;
   }
-  // Streaming stores: no read-for-ownership of the destination lines. Straight from the
-  // registers when w stays in L1 (one thread, 36864 rows: about 1.15x faster than
-  // staging at C = 180, h = 12; 1.2x slower at C = 576, h = 24, where w is re-read
-  // from L2 between the stores).
-  if (C % 4 == 0 && C >= 8 && (reinterpret_cast<uintptr_t>(y) & 15) == 0 &&
-      h * C * 4 <= 16 * 1024) {
+  // Streaming stores: no read-for-ownership of the destination lines, straight from the
+  // registers. When this path was added (a1af522; one thread, 36864 rows) it was about
+  // 1.15x faster than staging at C = 180, h = 12 and 1.2x slower at C = 576, h = 24,
+  // where w does not stay in L1; on a Zen 4 EPYC from memory it is faster at both
+  // (C = 576, h = 24, 4096 rows: 0.71-0.73 ms against 0.93-1.04 at two threads,
+  // 1.39-1.47 against 1.96-2.00 in three of four rounds at one; benchmarks/RESULTS.md).
+  if (C % 4 == 0 && C >= 8 && (reinterpret_cast<uintptr_t>(y) & 15) == 0) {
     int64_t r = 0;
     for (; r + RB <= R; r += RB) expand_rows_nt<RB>(g + r * ldg, ldg, h, w, C, y + r * C);
     for (; r < R; ++r) expand_rows_nt<1>(g + r * ldg, ldg, h, w, C, y + r * C);
