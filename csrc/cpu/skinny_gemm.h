@@ -63,21 +63,23 @@ constexpr int kRowsHint = 2;
 // weights, 55 KiB there, do not stay in L1 beside it.
 constexpr int64_t kStreamLines = 40;
 
+// Prefetches the cache lines [next, end) into every level, at most `lines` of them,
+// advancing next.
+inline void prefetch_lines(const char*& next, const char* end, int64_t lines) {
+  for (int64_t k = 0; k < lines && next < end; ++k, next += 64) __builtin_prefetch(next, 0, 3);
+}
+
+// The stream of rows_dot in column pairs, fetched as described at kStreamLines above.
 struct StreamFetch {
   const char* next;
   const char* end;
   // Fetches the first kStreamLines lines of the n floats at x.
   StreamFetch(const float* x, int64_t n)
       : next(reinterpret_cast<const char*>(x)), end(reinterpret_cast<const char*>(x + n)) {
-    for (int64_t k = 0; k < kStreamLines && next < end; ++k, next += 64) __builtin_prefetch(next, 0, 3);
+    prefetch_lines(next, end, kStreamLines);
   }
   // One more line, until the end of the stream.
-  void line() {
-    if (next < end) {
-      __builtin_prefetch(next, 0, 3);
-      next += 64;
-    }
-  }
+  void line() { prefetch_lines(next, end, 1); }
   // Called once per step that consumes `bytes` (1 to 64) more of the stream, k the step's
   // index: one line for each multiple of 64 bytes that the step's bytes [k * bytes,
   // (k + 1) * bytes) contain.
@@ -86,12 +88,6 @@ struct StreamFetch {
     if (o == 0 || o + bytes > 64) line();
   }
 };
-
-// Prefetches the cache lines [next, end) into every level, at most `lines` of them,
-// advancing next.
-inline void prefetch_lines(const char*& next, const char* end, int64_t lines) {
-  for (int64_t k = 0; k < lines && next < end; ++k, next += 64) __builtin_prefetch(next, 0, 3);
-}
 
 // The next sub-block of outer's rows, fetched a few lines per row of the tiles that
 // compute the current one. Spread this way its misses overlap the arithmetic; fetched
