@@ -458,3 +458,29 @@ def test_cpp_parity_at_streaming_sizes(case):
     with torch.no_grad(), _alloc.poisoned():
         out_m = mod(x, hw=hw)
     assert_close_rel(out_m, ref(x, hw=hw), 1e-5, "eval output")
+
+
+def test_cpp_module_is_thread_count_independent_at_streaming_size():
+    # The whole adapter (the C++ chain), at a size with many row blocks per thread and
+    # streamed outputs: 1 and 2 threads give bitwise the same output, gradients and buffers.
+    if "cpp" not in available_backends("cpu"):
+        pytest.skip("the C++ extension is not built")
+    N, H, W, C, preset, layout = _STREAMING_CASES[0]
+    _, mod = make_pair(fused("cpp"), d_model=C, preset=preset, layout=layout, seed=5)
+    x = make_input(layout, N, H, W, C, seed=6)
+    saved = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            m = copy.deepcopy(mod)
+            out, grads = run_fwd_bwd(m, x)
+            results.append((out, grads, [b.clone() for b in m.buffers()]))
+    finally:
+        torch.set_num_threads(saved)
+    (o1, g1, b1), (o2, g2, b2) = results
+    assert torch.equal(o1, o2)
+    for name in g1:
+        assert torch.equal(g1[name], g2[name]), f"grad {name} differs between 1 and 2 threads"
+    for a, b in zip(b1, b2):
+        assert torch.equal(a, b)
