@@ -56,6 +56,29 @@ def check_layout(layout: str) -> str:
     return layout
 
 
+def _hw_pair(hw) -> Tuple[int, int]:
+    """hw as (H, W): two positive whole numbers (ints, or floats or 0-d tensors holding one)."""
+    try:
+        pair = tuple(hw)
+    except TypeError:
+        raise TypeError(f"hw must be a pair (H, W) of positive integers, got {hw!r}") from None
+    if len(pair) != 2:
+        raise ValueError(f"hw must be a pair (H, W) of positive integers, got {hw!r}")
+    out = []
+    for v in pair:
+        try:
+            iv = int(v)
+            whole = iv == v
+        except (TypeError, ValueError, RuntimeError):
+            whole = False
+        if not whole or isinstance(v, bool):
+            raise TypeError(f"hw must be a pair (H, W) of positive integers, got {hw!r}")
+        out.append(iv)
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"hw must be a pair (H, W) of positive integers, got {hw!r}")
+    return out[0], out[1]
+
+
 def resolve_input(
     x: torch.Tensor, layout: str, d_model: int, hw: Optional[Tuple[int, int]] = None
 ) -> Tuple[int, int, int]:
@@ -75,7 +98,7 @@ def resolve_input(
                 f"layout 'nhwc' expects x of shape (N, H, W, C), got {x.dim()}-d shape {tuple(x.shape)}"
             )
         n, h, w, c = x.shape
-        if hw is not None and tuple(hw) != (h, w):
+        if hw is not None and _hw_pair(hw) != (h, w):
             raise ValueError(f"hw={tuple(hw)} does not match x's spatial size (H, W)=({h}, {w})")
     elif layout == "lnc":
         if x.dim() != 3:
@@ -91,10 +114,8 @@ def resolve_input(
                 )
             h = w = side
         else:
-            if len(hw) != 2:
-                raise ValueError(f"hw must be a pair (H, W), got {hw!r}")
-            h, w = int(hw[0]), int(hw[1])
-            if h < 1 or w < 1 or h * w != length:
+            h, w = _hw_pair(hw)
+            if h * w != length:
                 raise ValueError(f"layout 'lnc': hw=({h}, {w}) gives H*W={h * w}, but x has L={length} tokens")
     else:
         check_layout(layout)

@@ -274,6 +274,21 @@ def test_bad_input_errors():
         mod(torch.randn(12, 2, 56), hw=(3, 5))
     with pytest.raises(TypeError, match="floating-point"):
         mod(torch.ones(16, 2, 56, dtype=torch.int32))
+    # hw: two positive whole numbers, or an error that says so (negative sizes whose
+    # product matched L used to be reported as an H*W mismatch).
+    x = torch.randn(64, 2, 56)
+    for bad in [(-8, -8), (0, 64), (8,), (8, 8, 1)]:
+        with pytest.raises(ValueError, match=r"hw must be a pair \(H, W\) of positive integers"):
+            mod(x, hw=bad)
+    for bad in [8, (8.5, 7.5), ("8", "8"), (True, 64)]:
+        with pytest.raises(TypeError, match=r"hw must be a pair \(H, W\) of positive integers"):
+            mod(x, hw=bad)
+    assert mod(x, hw=(8.0, torch.tensor(8))).shape == x.shape
+    nhwc = AdaptIR(56, layout="nhwc", backend="torch")
+    with pytest.raises(ValueError, match="does not match"):
+        nhwc(torch.randn(2, 4, 6, 56), hw=(6, 4))
+    with pytest.raises(ValueError, match="positive integers"):
+        nhwc(torch.randn(2, 4, 6, 56), hw=(-4, -6))
 
 
 def _saved_hidden_units(mod, x, hidden, hw=None):
