@@ -361,7 +361,8 @@ void check_args(const char* op, const at::Tensor& u, const at::Tensor& aw, const
 // the whole operator is one parallel region. The grouping depends on the sizes only.
 struct PlaneGroups {
   int64_t planes, size, count;
-  PlaneGroups(int64_t planes_, int64_t plane_elems, bool own) : planes(planes_) {
+  bool own;  // small_fft.h's transforms (float32)
+  PlaneGroups(int64_t planes_, int64_t plane_elems, bool own_) : planes(planes_), own(own_) {
     if (own) {
       // small_fft.h transforms eight planes at once: one such block per group.
       size = fft::kLanes;
@@ -401,10 +402,21 @@ void inverse_spectrum(at::Tensor& out, const at::Tensor& U, int64_t H, int64_t W
     at::fft_irfft2_out(out, U, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
 }
 
-// rfft2 of (planes, H, W) with the imaginary parts of the exactly real bins (kh in
-// {0, H/2}, kw in {0, W/2}, halves for even sizes) set to +0: FFTs leave rounding-level
-// values of either sign there, which would make angle() +pi or -pi by chance
-// (adaptir_kernels/spectrum.py).
+// Sets the imaginary parts of the exactly real bins (kh in {0, H/2}, kw in {0, W/2},
+// halves for even sizes) of `planes` half spectra (H x (W/2+1) complex, interleaved) to
+// +0: FFTs leave rounding-level values of either sign there, which would make angle() +pi
+// or -pi by chance (adaptir_kernels/spectrum.py).
+template <typename T>
+void zero_real_bins(T* d, int64_t planes, int64_t H, int64_t W) {
+  const int64_t wf = W / 2 + 1;
+  const int64_t rows[2] = {0, H / 2}, cols[2] = {0, W / 2};
+  const int nr = (H % 2 == 0 && H > 1) ? 2 : 1, nc = (W % 2 == 0 && W > 1) ? 2 : 1;
+  for (int64_t q = 0; q < planes; ++q)
+    for (int a = 0; a < nr; ++a)
+      for (int b = 0; b < nc; ++b) d[2 * (q * H * wf + rows[a] * wf + cols[b]) + 1] = T(0);
+}
+
+// rfft2 of (planes, H, W), the exactly real bins' imaginary parts set to +0.
 at::Tensor spectrum(const at::Tensor& u) {
   const int64_t planes = u.size(0), H = u.size(1), W = u.size(2), wf = W / 2 + 1;
   at::Tensor U;
@@ -414,15 +426,16 @@ at::Tensor spectrum(const at::Tensor& u) {
   } else {
     U = at::fft_rfft2(u, std::nullopt, {-2, -1}, "ortho").contiguous();
   }
-  const int64_t rows[2] = {0, H / 2}, cols[2] = {0, W / 2};
-  const int nr = (H % 2 == 0 && H > 1) ? 2 : 1, nc = (W % 2 == 0 && W > 1) ? 2 : 1;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "spectrum", [&] {
-    scalar_t* d = reinterpret_cast<scalar_t*>(U.data_ptr());
-    for (int64_t q = 0; q < planes; ++q)
-      for (int a = 0; a < nr; ++a)
-        for (int b = 0; b < nc; ++b) d[2 * (q * H * wf + rows[a] * wf + cols[b]) + 1] = scalar_t(0);
+    zero_real_bins(reinterpret_cast<scalar_t*>(U.data_ptr()), planes, H, W);
   });
   return U;
+}
+
+// The same with small_fft.h's transforms, from and into raw float32 memory.
+void own_spectrum(const float* u, float* U, int64_t planes, int64_t H, int64_t W) {
+  fft::rfft2(u, U, planes, H, W);
+  zero_real_bins(U, planes, H, W);
 }
 
 template <typename T>
@@ -547,6 +560,90 @@ inline void grad_y_plane(const double* gg, double m, const double* g, const uint
   grad_y_from_signs<double>(gg, m, g, sign, 0, HW, out);
 }
 
+// grad_y = (grad_g + grad_gmean / HW) sign(y) in place on the recomputed y of nq planes
+// (gg and gm start at the group's first plane).
+template <typename T>
+void grad_y_recomputed(T* y, int64_t nq, int64_t HW, const T* gg, const T* gm, T inv) {
+  for (int64_t q = 0; q < nq; ++q) {
+    const T* a = gg + q * HW;
+    const T m = gm[q] * inv;
+    T* vq = y + q * HW;
+    for (int64_t i = 0; i < HW; ++i) {
+      const T sg = static_cast<T>(vq[i] > 0) - static_cast<T>(vq[i] < 0);
+      vq[i] = (a[i] + m) * sg;
+    }
+  }
+}
+
+// The group loops with small_fft.h's transforms (groups.own, float32): the same steps as
+// the ATen loops in global_branch and global_branch_backward, on raw pointers, with the
+// spectra in this thread's scratch memory. A view, an allocation and its release cost a
+// few microseconds each, and the ATen loops make about a hundred of each per training
+// step at edt-train.
+template <typename T>
+void forward_groups_own(const PlaneGroups& groups, const T* u, T* g, T* gmean, uint8_t* sign,
+                        const GateParams<T>& p, int64_t h, int64_t H, int64_t W,
+                        const at::TensorOptions& opts) {
+  if constexpr (std::is_same_v<T, float>) {
+    const int64_t HW = H * W, plane_len = H * (W / 2 + 1), n2 = 2 * plane_len;
+    parallel_items(groups.count, [&](ItemQueue& queue) {
+      float* U = Scratch::get(0, groups.size, n2, opts).data_ptr<float>();
+      for (int64_t t; queue.pop(t);) {
+        const int64_t q0 = t * groups.size, nq = std::min(groups.size, groups.planes - q0);
+        own_spectrum(u + q0 * HW, U, nq, H, W);
+        for (int64_t q = 0; q < nq; ++q)
+          gate_forward_chunk<float>(U + q * n2, U + q * n2, plane_len, p, (q0 + q) % h);
+        fft::irfft2(U, g + q0 * HW, nq, H, W);
+        abs_mean_planes<float>(g + q0 * HW, nq, HW, gmean + q0, sign + q0 * sign_bytes(HW));
+      }
+    });
+  } else {
+    TORCH_CHECK(false, "global_branch: small_fft.h's transforms take float32 only");
+  }
+}
+
+// g and sign: the forward's (nullptr: y is recomputed); cw: c[kw] per element of a
+// plane; part: four parameter sums per plane.
+template <typename T>
+void backward_groups_own(const PlaneGroups& groups, const T* u, const T* gg, const T* gm,
+                         const T* g, const uint8_t* sign, T* gu, const GateParams<T>& p,
+                         const float* cw, double* part, int64_t h, int64_t H, int64_t W,
+                         const at::TensorOptions& opts) {
+  if constexpr (std::is_same_v<T, float>) {
+    const int64_t HW = H * W, plane_len = H * (W / 2 + 1), n2 = 2 * plane_len;
+    const float inv = 1.0f / static_cast<float>(HW);
+    parallel_items(groups.count, [&](ItemQueue& queue) {
+      float* U = Scratch::get(0, groups.size, n2, opts).data_ptr<float>();
+      float* GY = Scratch::get(1, groups.size, n2, opts).data_ptr<float>();
+      float* y = Scratch::get(2, groups.size, HW, opts).data_ptr<float>();
+      float* Y = sign ? nullptr : Scratch::get(3, groups.size, n2, opts).data_ptr<float>();
+      for (int64_t t; queue.pop(t);) {
+        const int64_t q0 = t * groups.size, nq = std::min(groups.size, groups.planes - q0);
+        own_spectrum(u + q0 * HW, U, nq, H, W);
+        if (sign) {
+          for (int64_t q = 0; q < nq; ++q) {
+            const int64_t e = q0 + q;
+            grad_y_plane(gg + e * HW, gm[e] * inv, g + e * HW, sign + e * sign_bytes(HW), HW,
+                         y + q * HW);
+          }
+        } else {
+          for (int64_t q = 0; q < nq; ++q)
+            gate_forward_chunk<float>(U + q * n2, Y + q * n2, plane_len, p, (q0 + q) % h);
+          fft::irfft2(Y, y, nq, H, W);
+          grad_y_recomputed(y, nq, HW, gg + q0 * HW, gm + q0, inv);
+        }
+        own_spectrum(y, GY, nq, H, W);
+        for (int64_t q = 0; q < nq; ++q)
+          gate_backward_chunk<float>(GY + q * n2, U + q * n2, cw, plane_len, p, (q0 + q) % h,
+                                     part + (q0 + q) * 4);
+        fft::irfft2(GY, gu + q0 * HW, nq, H, W);
+      }
+    });
+  } else {
+    TORCH_CHECK(false, "global_branch_backward: small_fft.h's transforms take float32 only");
+  }
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> global_branch(const at::Tensor& u,
@@ -572,6 +669,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_branch(const at::Tensor& u
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), kFwd, [&] {
     const GateParams<scalar_t> p(amp_w, amp_b, pha_w, pha_b);
     scalar_t* gm = gmean.data_ptr<scalar_t>();
+    if (groups.own) {
+      forward_groups_own<scalar_t>(groups, u3.const_data_ptr<scalar_t>(), g3.data_ptr<scalar_t>(),
+                                   gm, sign.data_ptr<uint8_t>(), p, h, H, W, opts);
+      return;
+    }
     parallel_items(groups.count, [&](ItemQueue& queue) {
       WorkerGuards guards;
       for (int64_t t; queue.pop(t);) {
@@ -646,52 +748,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_br
     const scalar_t* ggp = gg.const_data_ptr<scalar_t>();
     const scalar_t* gmp = gm.const_data_ptr<scalar_t>();
     const scalar_t inv = scalar_t(1) / static_cast<scalar_t>(HW);
-    parallel_items(groups.count, [&](ItemQueue& queue) {
-      WorkerGuards guards;
-      for (int64_t t; queue.pop(t);) {
-        const int64_t q0 = t * groups.size, nq = std::min(groups.size, planes - q0);
-        const at::Tensor U = spectrum(u3.narrow(0, q0, nq));
-        const scalar_t* up = real_ptr<scalar_t>(U);
-        at::Tensor y = at::empty({nq, H, W}, u3.options());
-        scalar_t* v = y.data_ptr<scalar_t>();
-        if (have_signs) {
-          // grad_y from g and the forward's signs.
-          const scalar_t* gp = gc.const_data_ptr<scalar_t>();
-          const uint8_t* sp = sc.const_data_ptr<uint8_t>();
-          for (int64_t q = 0; q < nq; ++q) {
-            const int64_t e = q0 + q;
-            grad_y_plane(ggp + e * HW, gmp[e] * inv, gp + e * HW, sp + e * sign_bytes(HW), HW,
-                         v + q * HW);
-          }
-        } else {
-          // Recompute y = irfft2(gate(rfft2(u))), then grad_y = (grad_g + grad_gmean / HW)
-          // sign(y) in place.
-          at::Tensor Y = at::empty_like(U);
-          scalar_t* yp = real_ptr<scalar_t>(Y);
-          for (int64_t q = 0; q < nq; ++q)
-            gate_forward_chunk<scalar_t>(up + 2 * q * plane_len, yp + 2 * q * plane_len, plane_len,
-                                         p, (q0 + q) % h);
-          inverse_spectrum(y, Y, H, W);
-          for (int64_t q = 0; q < nq; ++q) {
-            const scalar_t* a = ggp + (q0 + q) * HW;
-            const scalar_t m = gmp[q0 + q] * inv;
-            scalar_t* vq = v + q * HW;
-            for (int64_t i = 0; i < HW; ++i) {
-              const scalar_t sg = static_cast<scalar_t>(vq[i] > 0) - static_cast<scalar_t>(vq[i] < 0);
-              vq[i] = (a[i] + m) * sg;
+    if (groups.own) {
+      backward_groups_own<scalar_t>(groups, u3.const_data_ptr<scalar_t>(), ggp, gmp,
+                                    have_signs ? gc.const_data_ptr<scalar_t>() : nullptr,
+                                    have_signs ? sc.const_data_ptr<uint8_t>() : nullptr,
+                                    gu3.data_ptr<scalar_t>(), p, cw.data(), part.data(), h, H, W,
+                                    opts);
+    } else {
+      parallel_items(groups.count, [&](ItemQueue& queue) {
+        WorkerGuards guards;
+        for (int64_t t; queue.pop(t);) {
+          const int64_t q0 = t * groups.size, nq = std::min(groups.size, planes - q0);
+          const at::Tensor U = spectrum(u3.narrow(0, q0, nq));
+          const scalar_t* up = real_ptr<scalar_t>(U);
+          at::Tensor y = at::empty({nq, H, W}, u3.options());
+          scalar_t* v = y.data_ptr<scalar_t>();
+          if (have_signs) {
+            // grad_y from g and the forward's signs.
+            const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+            const uint8_t* sp = sc.const_data_ptr<uint8_t>();
+            for (int64_t q = 0; q < nq; ++q) {
+              const int64_t e = q0 + q;
+              grad_y_plane(ggp + e * HW, gmp[e] * inv, gp + e * HW, sp + e * sign_bytes(HW), HW,
+                           v + q * HW);
             }
+          } else {
+            // Recompute y = irfft2(gate(rfft2(u))), then grad_y = (grad_g + grad_gmean / HW)
+            // sign(y) in place.
+            at::Tensor Y = at::empty_like(U);
+            scalar_t* yp = real_ptr<scalar_t>(Y);
+            for (int64_t q = 0; q < nq; ++q)
+              gate_forward_chunk<scalar_t>(up + 2 * q * plane_len, yp + 2 * q * plane_len,
+                                           plane_len, p, (q0 + q) % h);
+            inverse_spectrum(y, Y, H, W);
+            grad_y_recomputed(v, nq, HW, ggp + q0 * HW, gmp + q0, inv);
           }
+          // J^T GY in place, with the c-weighted parameter sums.
+          at::Tensor GY = spectrum(y);
+          scalar_t* gyp = real_ptr<scalar_t>(GY);
+          for (int64_t q = 0; q < nq; ++q)
+            gate_backward_chunk<scalar_t>(gyp + 2 * q * plane_len, up + 2 * q * plane_len,
+                                          cw.data(), plane_len, p, (q0 + q) % h,
+                                          part.data() + (q0 + q) * 4);
+          at::Tensor guq = gu3.narrow(0, q0, nq);
+          inverse_spectrum(guq, GY, H, W);
         }
-        // J^T GY in place, with the c-weighted parameter sums.
-        at::Tensor GY = spectrum(y);
-        scalar_t* gyp = real_ptr<scalar_t>(GY);
-        for (int64_t q = 0; q < nq; ++q)
-          gate_backward_chunk<scalar_t>(gyp + 2 * q * plane_len, up + 2 * q * plane_len, cw.data(),
-                                        plane_len, p, (q0 + q) % h, part.data() + (q0 + q) * 4);
-        at::Tensor guq = gu3.narrow(0, q0, nq);
-        inverse_spectrum(guq, GY, H, W);
-      }
-    });
+      });
+    }
     // Per channel, samples in order.
     at::Tensor* outs[4] = {&g_aw, &g_ab, &g_pw, &g_pb};
     for (int k = 0; k < 4; ++k) {
