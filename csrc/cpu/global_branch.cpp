@@ -587,7 +587,9 @@ void forward_groups_own(const PlaneGroups& groups, const T* u, T* g, T* gmean, u
   if constexpr (std::is_same_v<T, float>) {
     const int64_t HW = H * W, plane_len = H * (W / 2 + 1), n2 = 2 * plane_len;
     parallel_items(groups.count, [&](ItemQueue& queue) {
-      float* U = Scratch::get(0, groups.size, n2, opts).data_ptr<float>();
+      // Held as tensors: a request beyond Scratch's limit is a fresh tensor of its own.
+      const at::Tensor Ub = Scratch::get(0, groups.size, n2, opts);
+      float* U = Ub.data_ptr<float>();
       for (int64_t t; queue.pop(t);) {
         const int64_t q0 = t * groups.size, nq = std::min(groups.size, groups.planes - q0);
         own_spectrum(u + q0 * HW, U, nq, H, W);
@@ -613,10 +615,14 @@ void backward_groups_own(const PlaneGroups& groups, const T* u, const T* gg, con
     const int64_t HW = H * W, plane_len = H * (W / 2 + 1), n2 = 2 * plane_len;
     const float inv = 1.0f / static_cast<float>(HW);
     parallel_items(groups.count, [&](ItemQueue& queue) {
-      float* U = Scratch::get(0, groups.size, n2, opts).data_ptr<float>();
-      float* GY = Scratch::get(1, groups.size, n2, opts).data_ptr<float>();
-      float* y = Scratch::get(2, groups.size, HW, opts).data_ptr<float>();
-      float* Y = sign ? nullptr : Scratch::get(3, groups.size, n2, opts).data_ptr<float>();
+      const at::Tensor Ub = Scratch::get(0, groups.size, n2, opts);  // held: as the forward
+      const at::Tensor GYb = Scratch::get(1, groups.size, n2, opts);
+      const at::Tensor yb = Scratch::get(2, groups.size, HW, opts);
+      const at::Tensor Yb = sign ? at::Tensor() : Scratch::get(3, groups.size, n2, opts);
+      float* U = Ub.data_ptr<float>();
+      float* GY = GYb.data_ptr<float>();
+      float* y = yb.data_ptr<float>();
+      float* Y = sign ? nullptr : Yb.data_ptr<float>();
       for (int64_t t; queue.pop(t);) {
         const int64_t q0 = t * groups.size, nq = std::min(groups.size, groups.planes - q0);
         own_spectrum(u + q0 * HW, U, nq, H, W);
