@@ -463,8 +463,8 @@ def test_cpp_parity_at_streaming_sizes(case):
     with _alloc.poisoned():
         out_m, g_m = run_fwd_bwd(mod, x, hw)
     assert_same_results(out_m, g_m, out_r, g_r)
-    # The running statistics against a float64 reference: over 30 000 values per channel
-    # the float32 reference's own running_var is about 1e-6 off (the C++ one 3e-8).
+    # The running statistics against a float64 reference: at about 30 000 values per
+    # channel the float32 reference's own running_var is about 1e-6 off (the C++ one 3e-8).
     ref64(x.double(), hw=hw)
     for (name, b64), (_, b_m) in zip(ref64.named_buffers(), mod.named_buffers()):
         assert_close_rel(b_m.double(), b64, 1e-6, f"buffer {name}")
