@@ -393,13 +393,11 @@ bool own_fft(at::ScalarType t, int64_t H, int64_t W) {
   return t == at::kFloat && fft::supported(H, W) && fft::uses_avx2();
 }
 
-// out = irfft2(U, s=(H, W), norm="ortho") for (planes, H, W/2+1) complex U; out
+// out = irfft2(U, s=(H, W), norm="ortho") for (planes, H, W/2+1) complex U with ATen's
+// FFT (the ATen loops; small_fft.h's transforms run in the *_groups_own loops); out
 // contiguous (planes, H, W).
 void inverse_spectrum(at::Tensor& out, const at::Tensor& U, int64_t H, int64_t W) {
-  if (own_fft(out.scalar_type(), H, W))
-    fft::irfft2(reinterpret_cast<const float*>(U.const_data_ptr()), out.data_ptr<float>(), U.size(0), H, W);
-  else
-    at::fft_irfft2_out(out, U, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
+  at::fft_irfft2_out(out, U, at::IntArrayRef{H, W}, {-2, -1}, "ortho");
 }
 
 // Sets the imaginary parts of the exactly real bins (kh in {0, H/2}, kw in {0, W/2},
@@ -416,16 +414,11 @@ void zero_real_bins(T* d, int64_t planes, int64_t H, int64_t W) {
       for (int b = 0; b < nc; ++b) d[2 * (q * H * wf + rows[a] * wf + cols[b]) + 1] = T(0);
 }
 
-// rfft2 of (planes, H, W), the exactly real bins' imaginary parts set to +0.
+// rfft2 of (planes, H, W) with ATen's FFT, the exactly real bins' imaginary parts set
+// to +0.
 at::Tensor spectrum(const at::Tensor& u) {
-  const int64_t planes = u.size(0), H = u.size(1), W = u.size(2), wf = W / 2 + 1;
-  at::Tensor U;
-  if (own_fft(u.scalar_type(), H, W)) {
-    U = at::empty({planes, H, wf}, u.options().dtype(at::kComplexFloat));
-    fft::rfft2(u.const_data_ptr<float>(), reinterpret_cast<float*>(U.data_ptr()), planes, H, W);
-  } else {
-    U = at::fft_rfft2(u, std::nullopt, {-2, -1}, "ortho").contiguous();
-  }
+  const int64_t planes = u.size(0), H = u.size(1), W = u.size(2);
+  const at::Tensor U = at::fft_rfft2(u, std::nullopt, {-2, -1}, "ortho").contiguous();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "spectrum", [&] {
     zero_real_bins(reinterpret_cast<scalar_t*>(U.data_ptr()), planes, H, W);
   });
