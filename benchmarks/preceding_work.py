@@ -20,12 +20,14 @@ implementations after each of:
 Rounds go mode by mode and, within a mode, reference then fused, so a burst of foreign
 load hits every cell. Prints the minimum and the median of each cell and the ratio
 reference / fused of the minima per mode (the statistic `adaptir bench` reports on the
-CPU).
+CPU). `--operators` also clocks each fused operator inside the fused steps, which then
+run operator by operator from Python (module.CPP_CHAIN off), as in op_clock.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -71,8 +73,12 @@ class _Step:
 
 
 def measure(shape: bench.Shape, threads: int, repeats: int, warmup: int, backend: str = "cpp",
-            modes=MODES) -> dict:
-    """Minimum and median (ms) of fwd and fwd+bwd per (mode, subject), and the ratios."""
+            modes=MODES, operators: bool = False) -> dict:
+    """Minimum and median (ms) of fwd and fwd+bwd per (mode, subject), and the ratios.
+
+    operators=True also clocks each fused operator inside the fused steps
+    (bench.OperatorClock: the operators run one by one from Python, module.CPP_CHAIN off)
+    and adds, per mode, each operator's median time per step."""
     if repeats < 1 or warmup < 0 or threads < 1:
         raise ValueError("repeats >= 1, warmup >= 0 and threads >= 1 are needed")
     unknown = [m for m in modes if m not in MODES]
@@ -95,14 +101,22 @@ def measure(shape: bench.Shape, threads: int, repeats: int, warmup: int, backend
             "other": {"reference": steps["fused"].run, "fused": steps["reference"].run},
         }
         samples = {m: {s: {c_: [] for c_ in COLUMNS} for s in SUBJECTS} for m in modes}
-        for i in range(warmup + repeats):
-            for mode in modes:
-                for subject in SUBJECTS:
-                    preceding[mode][subject]()
-                    fwd, both = steps[subject].run()
-                    if i >= warmup:
-                        samples[mode][subject]["fwd"].append(fwd)
-                        samples[mode][subject]["fwd+bwd"].append(both)
+        op_samples: Dict[str, Dict[str, List[float]]] = {m: {} for m in modes}
+        with (bench.OperatorClock() if operators else contextlib.nullcontext()) as ops:
+            for i in range(warmup + repeats):
+                for mode in modes:
+                    for subject in SUBJECTS:
+                        preceding[mode][subject]()
+                        if ops is not None:
+                            for v in ops.samples.values():
+                                v.clear()
+                        fwd, both = steps[subject].run()
+                        if i >= warmup:
+                            samples[mode][subject]["fwd"].append(fwd)
+                            samples[mode][subject]["fwd+bwd"].append(both)
+                            if ops is not None and subject == "fused":
+                                for name, v in ops.samples.items():
+                                    op_samples[mode].setdefault(name, []).append(sum(v))
     finally:
         torch.set_num_threads(before)
     cells = {}
@@ -116,8 +130,11 @@ def measure(shape: bench.Shape, threads: int, repeats: int, warmup: int, backend
         cells[mode]["ratio_of_minima"] = {
             col: cells[mode]["reference"][col]["min_ms"] / cells[mode]["fused"][col]["min_ms"]
             for col in COLUMNS}
+        if operators:
+            cells[mode]["fused_operators_median_ms"] = {
+                name: 1e3 * statistics.median(v) for name, v in op_samples[mode].items()}
     return {"shape": shape.name, "x_shape": list(shape.x_shape), "threads": threads, "repeats": repeats,
-            "warmup": warmup, "backend": backend, "modes": cells}
+            "warmup": warmup, "backend": backend, "operators": operators, "modes": cells}
 
 
 def table(res: dict) -> List[str]:
@@ -132,6 +149,14 @@ def table(res: dict) -> List[str]:
                 row += f"{cell[s][c]['min_ms']:>13.3f} / {cell[s][c]['median_ms']:<6.2f}"
         row += "".join(f"{cell['ratio_of_minima'][c]:>18.2f}" for c in COLUMNS)
         lines.append(row)
+    if res.get("operators"):
+        modes = list(res["modes"])
+        names = list(res["modes"][modes[0]]["fused_operators_median_ms"])
+        lines.append("  fused operators, median ms per step (called one by one from Python), by what ran before:")
+        lines.append(f"  {'':<24}" + "".join(f"{m:>10}" for m in modes))
+        for n in names:
+            lines.append(f"  {n:<24}" + "".join(
+                f"{res['modes'][m]['fused_operators_median_ms'].get(n, 0.0):>10.3f}" for m in modes))
     return lines
 
 
@@ -144,11 +169,13 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--backend", default="cpp")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated, from " + ", ".join(MODES))
+    ap.add_argument("--operators", action="store_true",
+                    help="also clock each fused operator (operators called one by one from Python)")
     ap.add_argument("--json", default=None, help="write the results (every sample) to this file")
     args = ap.parse_args(argv)
     shape = shape_by_name(args.shape, args.batch)
     res = measure(shape, args.threads, args.repeats, args.warmup, args.backend,
-                  tuple(m for m in args.modes.split(",") if m))
+                  tuple(m for m in args.modes.split(",") if m), args.operators)
     print("\n".join(table(res)))
     if args.json:
         out = {"command": "python benchmarks/preceding_work.py " + " ".join(argv if argv is not None else sys.argv[1:]),

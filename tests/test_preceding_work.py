@@ -45,7 +45,29 @@ def test_some_modes(pw):
     res = pw.measure(pw.shape_by_name("edt-train", 1), threads=1, repeats=1, warmup=0,
                      modes=("flush", "other"))
     assert list(res["modes"]) == ["flush", "other"]
+    assert "fused_operators_median_ms" not in res["modes"]["flush"]
     assert len(pw.table(res)) == 4
+
+
+def test_operators_inside_the_fused_step(pw):
+    import adaptir_kernels.module as fused
+
+    chain, entry = fused.CPP_CHAIN, fused.project_in
+    res = pw.measure(pw.shape_by_name("edt-train", 1), threads=1, repeats=2, warmup=0,
+                     modes=("itself", "other"), operators=True)
+    assert fused.CPP_CHAIN == chain and fused.project_in is entry
+    names = {n + s for n in ("project_in", "local_branch", "global_branch", "router", "combine_out")
+             for s in ("", "_backward")}
+    for mode, cell in res["modes"].items():
+        ops = cell["fused_operators_median_ms"]
+        # Only the fused step's own calls: the reference's step before it ("other") adds none.
+        assert set(ops) == names, mode
+        assert all(t > 0 for t in ops.values()), mode
+        # Each step contains its own calls (medians of two samples are their means), so the
+        # preceding step's calls ("itself": the fused module's own) are not counted in.
+        assert ops["project_in"] <= max(cell["fused"]["fwd"]["samples_ms"]), mode
+        assert sum(ops.values()) <= max(cell["fused"]["fwd+bwd"]["samples_ms"]), mode
+    assert len(pw.table(res)) == 4 + 2 + len(names)
 
 
 def test_bad_arguments(pw):
