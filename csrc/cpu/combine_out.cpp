@@ -141,8 +141,11 @@ void forward_impl(const Dims& d, const Inputs& in, at::Tensor& out) {
   const auto opts = in.l.options();
   const int64_t C = d.C, h = d.h, ldv = kF32 ? gemm::padded(h) : h;
   const at::Tensor wT = in.tail_w.t();
-  at::Tensor wTc;
-  if constexpr (kF32) wTc = wT.contiguous();  // (h, C)
+  std::vector<float> wTc;  // (h, C): 8 x 8 transposes of tail_w's rows (row_planes.h)
+  if constexpr (kF32) {
+    wTc.resize(static_cast<size_t>(h * C));
+    row_planes::to_planes(in.tail_w.const_data_ptr<float>(), h, h, h, C, wTc.data(), C);
+  }
   at::Tensor out2d = out.view({d.N * d.HW, C});
   const int64_t max_rows = rb.get(0).rows;
   [[maybe_unused]] const bool stream =
@@ -178,7 +181,7 @@ void forward_impl(const Dims& d, const Inputs& in, at::Tensor& out) {
                         ? reinterpret_cast<scalar_t*>(out2d.data_ptr<io_t>() + k.row0 * C)
                         : obuf.data_ptr<scalar_t>();
       if constexpr (kF32) {
-        gemm::expand(v, ldv, k.rows, h, wTc.const_data_ptr<float>(), C, o, stream);
+        gemm::expand(v, ldv, k.rows, h, wTc.data(), C, o, stream);
       } else {
         at::Tensor ob = at::from_blob(o, {k.rows, C}, opts);
         at::cpu::mm_out(ob, at::from_blob(v, {k.rows, ldv}, opts), wT);
@@ -350,10 +353,16 @@ void backward_impl(const Dims& d, const at::Tensor& go, const Inputs& in, at::Te
     pcs[e] = static_cast<scalar_t>(c);
   }
   // grad_tail_w[c, j] = sum_b tpart[b, j, c], blocks in order.
-  const std::vector<double> tsum = sum_partials(tpart.const_data_ptr<scalar_t>(), rb.count, h * C);
   scalar_t* gtp = gT.data_ptr<scalar_t>();
-  for (int64_t j = 0; j < h; ++j)
-    for (int64_t c = 0; c < C; ++c) gtp[c * h + j] = static_cast<scalar_t>(tsum[j * C + c]);
+  sum_partials_to(tpart.const_data_ptr<scalar_t>(), rb.count, h * C,
+                  [&](int64_t e0, int64_t e1, const double* sums) {
+                    for (int64_t e = e0; e < e1;) {  // runs of one j: e = j * C + c
+                      const int64_t j = e / C, c0 = e % C, n = std::min(e1 - e, C - c0);
+                      const double* s = sums + (e - e0);
+                      for (int64_t i = 0; i < n; ++i) gtp[(c0 + i) * h + j] = static_cast<scalar_t>(s[i]);
+                      e += n;
+                    }
+                  });
 }
 
 template <typename F>

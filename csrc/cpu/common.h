@@ -504,16 +504,42 @@ inline double dot_n(const T* a, const T* b, int64_t n) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-// out[e] = sum_b parts[b * len + e] for e < len, in double, blocks in order for every
-// element (the same order whatever the thread count).
+// sum_b parts[b * len + e] for e < len, in double, blocks in order for every element
+// (the same order whatever the thread count), handed to store(e0, e1, sums) in chunks of
+// consecutive elements: sums[e - e0] for e in [e0, e1). Large sums (the products' weight
+// gradients: blocks * len in the hundreds of thousands at IPT's width) run their chunks
+// in parallel; store must only write elements of its own chunk.
+template <typename scalar_t, typename Store>
+void sum_partials_to(const scalar_t* parts, int64_t blocks, int64_t len, const Store& store) {
+  constexpr int64_t kChunk = 512;
+  const auto run = [&](ItemQueue& queue) {
+    double acc[kChunk];
+    for (int64_t item; queue.pop(item);) {
+      const int64_t e0 = item * kChunk, n = std::min(kChunk, len - e0);
+      std::fill(acc, acc + n, 0.0);
+      for (int64_t b = 0; b < blocks; ++b) {
+        const scalar_t* p = parts + b * len + e0;
+        for (int64_t i = 0; i < n; ++i) acc[i] += static_cast<double>(p[i]);
+      }
+      store(e0, e0 + n, static_cast<const double*>(acc));
+    }
+  };
+  const int64_t items = (len + kChunk - 1) / kChunk;
+  if (blocks * len >= (int64_t{1} << 16)) {
+    parallel_items(items, run);
+  } else {
+    ItemQueue queue(items);
+    run(queue);
+  }
+}
+
+// out[e] = sum_b parts[b * len + e] for e < len (sum_partials_to).
 template <typename scalar_t>
 std::vector<double> sum_partials(const scalar_t* parts, int64_t blocks, int64_t len) {
-  std::vector<double> out(static_cast<size_t>(len), 0.0);
-  double* o = out.data();
-  for (int64_t b = 0; b < blocks; ++b) {
-    const scalar_t* p = parts + b * len;
-    for (int64_t e = 0; e < len; ++e) o[e] += p[e];
-  }
+  std::vector<double> out(static_cast<size_t>(len));
+  sum_partials_to(parts, blocks, len, [&](int64_t e0, int64_t e1, const double* sums) {
+    std::copy(sums, sums + (e1 - e0), out.begin() + e0);
+  });
   return out;
 }
 

@@ -236,11 +236,11 @@ void normalise_block(const RowBlocks& rb, const RowBlocks::Block& k, const scala
   }
 }
 
-// Packed (C, hp) transpose of a (h, C) weight, zero columns beyond h.
+// Packed (C, hp) transpose of a (h, C) weight (hp = gemm::padded(h)), zero columns
+// beyond h: 8 x 8 transposes (row_planes.h), each row of w one channel's run.
 std::vector<float> pack_transposed(const float* w, int64_t h, int64_t C, int64_t hp) {
   std::vector<float> wt(static_cast<size_t>(C * hp), 0.0f);
-  for (int64_t j = 0; j < h; ++j)
-    for (int64_t c = 0; c < C; ++c) wt[c * hp + j] = w[j * C + c];
+  row_planes::to_rows(w, C, h, C, wt.data(), hp, hp);
   return wt;
 }
 
@@ -519,9 +519,11 @@ void backward_impl(const Geometry& g, const at::Tensor& grad_u, const at::Tensor
   });
 
   // Fixed-order sums of the per-block partials.
-  const std::vector<double> wsum = sum_partials(wpart.const_data_ptr<scalar_t>(), rb.count, h * C);
   scalar_t* gw = grad_w.data_ptr<scalar_t>();
-  for (int64_t e = 0; e < h * C; ++e) gw[e] = static_cast<scalar_t>(wsum[e]);
+  sum_partials_to(wpart.const_data_ptr<scalar_t>(), rb.count, h * C,
+                  [&](int64_t e0, int64_t e1, const double* sums) {
+                    for (int64_t e = e0; e < e1; ++e) gw[e] = static_cast<scalar_t>(sums[e - e0]);
+                  });
   scalar_t* gb = grad_b.data_ptr<scalar_t>();
   for (int64_t j = 0; j < h; ++j) {
     double s = 0.0;
