@@ -910,6 +910,26 @@ def environment(device) -> dict:
     }
 
 
+def training_shape(name: str, batch: Optional[int] = None) -> Shape:
+    """The SPEC section 7 training shape `name` (as `--full` runs it), with batch size
+    `batch` instead of the SPEC one if given."""
+    shapes = {s.name: s for s in profile_shapes("full") if s.train}
+    if name not in shapes:
+        raise ValueError(f"unknown training shape {name!r}; one of {sorted(shapes)}")
+    return shapes[name] if batch is None else shapes[name].with_batch(batch)
+
+
+def write_script_json(path: str, script: str, argv: Optional[Sequence[str]], payload: dict) -> None:
+    """A benchmark script's JSON file: the command that made it, the CPU environment
+    (environment("cpu")) and the payload's fields; says where it wrote."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    out = {"command": f"python benchmarks/{script} " + " ".join(args),
+           "environment": environment(torch.device("cpu")), **payload}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {path}")
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

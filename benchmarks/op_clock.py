@@ -14,22 +14,17 @@ and recomputed in the backward), their sum, and the whole step, for each thread 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
 from adaptir_kernels import bench
 
 
-def shape_by_name(name: str, batch: Optional[int] = None) -> bench.Shape:
-    shapes = {s.name: s for s in bench.profile_shapes("full") if s.train}
-    if name not in shapes:
-        raise ValueError(f"unknown training shape {name!r}; one of {sorted(shapes)}")
-    return shapes[name] if batch is None else shapes[name].with_batch(batch)
+shape_by_name = bench.training_shape
 
 
 def clock(shape: bench.Shape, threads: int, repeats: int, warmup: int, backend: str = "cpp") -> dict:
@@ -92,11 +87,7 @@ def main(argv=None) -> int:
         print(f"  {'sum of the medians':<24} {res['sum_of_medians_ms']:8.3f}")
         print(f"  {'whole step':<24} {res['step_median_ms']:8.3f} {res['step_min_ms']:8.3f}")
     if args.json:
-        out = {"command": "python benchmarks/op_clock.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "environment": bench.environment(torch.device("cpu")), "runs": runs}
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-        print(f"wrote {args.json}")
+        bench.write_script_json(args.json, "op_clock.py", argv, {"runs": runs})
     return 0
 
 

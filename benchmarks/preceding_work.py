@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 
@@ -43,11 +42,7 @@ SUBJECTS = ("reference", "fused")
 COLUMNS = ("fwd", "fwd+bwd")
 
 
-def shape_by_name(name: str, batch: Optional[int] = None) -> bench.Shape:
-    shapes = {s.name: s for s in bench.profile_shapes("full") if s.train}
-    if name not in shapes:
-        raise ValueError(f"unknown training shape {name!r}; one of {sorted(shapes)}")
-    return shapes[name] if batch is None else shapes[name].with_batch(batch)
+shape_by_name = bench.training_shape
 
 
 class _Step:
@@ -178,11 +173,7 @@ def main(argv=None) -> int:
                   tuple(m for m in args.modes.split(",") if m), args.operators)
     print("\n".join(table(res)))
     if args.json:
-        out = {"command": "python benchmarks/preceding_work.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "environment": bench.environment(torch.device("cpu")), **res}
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-        print(f"wrote {args.json}")
+        bench.write_script_json(args.json, "preceding_work.py", argv, res)
     return 0
 
 
