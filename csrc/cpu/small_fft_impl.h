@@ -248,9 +248,8 @@ void rfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, c
   }
   // Along H, scaled by 1 / sqrt(H W).
   const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HW)));
-  for (int64_t k = 0; k < wf; ++k) {
-    for (int64_t r = 0; r < H; ++r) cstore(line + r, cload(S + r * wf + k));  // contiguous: no cache-set conflicts
-    fft<false>(line, 1, line2, ph, 0);
+  for (int64_t k = 0; k < wf; ++k) {  // column k read in place (stride wf) by the first stage
+    fft<false>(S + k, wf, line2, ph, 0);
     for (int64_t r = 0; r < H; ++r) cstore(S + r * wf + k, scale(cload(line2 + r), norm));
   }
   // Lanes -> planes, (re, im) interleaved.
@@ -311,9 +310,8 @@ void irfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, 
     S[b] = z;
   }
   // Along H (complex).
-  for (int64_t k = 0; k < wf; ++k) {
-    for (int64_t r = 0; r < H; ++r) cstore(line + r, cload(S + r * wf + k));
-    fft<true>(line, 1, line2, ph, 0);
+  for (int64_t k = 0; k < wf; ++k) {  // column k read in place (stride wf) by the first stage
+    fft<true>(S + k, wf, line2, ph, 0);
     for (int64_t r = 0; r < H; ++r) cstore(S + r * wf + k, cload(line2 + r));
   }
   // Along W: Hermitian completion of each row (imaginary parts of bins 0 and W/2
