@@ -44,6 +44,30 @@ def test_module_parity(backend, training, layout, shape):
 
 
 @pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("value", [float("inf"), -float("inf"), float("nan")], ids=["inf", "-inf", "nan"])
+def test_non_finite_input_like_the_reference(backend, value):
+    """One inf, -inf or NaN in x, train mode: the BN running buffers take the reference's
+    values (an infinite batch mean gives an infinite running_mean, as BatchNorm2d's sum
+    over the count does) and the output is NaN at the same places."""
+    ref, mod = make_pair(fused(backend), layout="nhwc", seed=3)
+    mod.to(DEVICE)
+    x = make_input("nhwc", 2, 5, 6, 56, seed=4)
+    x[1, 2, 3, 4] = value
+    out_r = ref(x)
+    with _alloc.poisoned():
+        out_m = mod(x.to(DEVICE)).cpu()
+    assert torch.equal(torch.isnan(out_m), torch.isnan(out_r))
+    if value == value:  # inf: the running mean is infinite in every channel, with the reference's signs
+        assert torch.isinf(ref.BN.running_mean).all()
+    for name in ("running_mean", "running_var"):
+        b_r, b_m = getattr(ref.BN, name), getattr(mod.BN, name).cpu()
+        assert torch.equal(torch.isnan(b_m), torch.isnan(b_r)), name
+        finite = torch.isfinite(b_r)
+        assert torch.equal(b_m[~finite].nan_to_num(), b_r[~finite].nan_to_num()), name
+        assert_close_rel(b_m[finite].double(), b_r[finite].double(), 1e-6, f"buffer {name}")
+
+
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("layout", ["nhwc", "lnc"])
 @pytest.mark.parametrize("shape", [(2, 18, 24), (2, 24, 9)], ids=str)
 def test_parity_where_fft_rounding_would_pick_the_phase(backend, layout, shape):

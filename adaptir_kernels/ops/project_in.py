@@ -52,7 +52,11 @@ def forward_torch(x, weight, bias, bn_weight, bn_bias, running_mean, running_var
     N = x.shape[0] if layout == "nhwc" else x.shape[1]
     z = torch.addmm(bias, x.reshape(-1, C).to(_compute_dtype(x)), weight.t())
     if training:
-        var, mean = torch.var_mean(z, dim=0, correction=0)
+        # The mean as a sum over the count, as BatchNorm2d computes it: an inf in z gives
+        # an inf mean there (var_mean's running update would give NaN), so the running
+        # buffers match the reference's.
+        mean = z.mean(dim=0)
+        var = torch.var(z, dim=0, correction=0)
     else:
         mean, var = running_mean.clone(), running_var.clone()
     xhat_rows = (z - mean) * torch.rsqrt(var + eps)
