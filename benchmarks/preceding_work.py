@@ -85,7 +85,7 @@ def measure(shape: bench.Shape, threads: int, repeats: int, warmup: int, backend
     try:
         reference, fused = bench.build_pair(shape, backend, device)
         steps = {"reference": _Step(reference, shape, device), "fused": _Step(fused, shape, device)}
-        flush = torch.empty(16 * 2**20)  # 64 MiB of float32
+        flush = torch.zeros(16 * 2**20)  # 64 MiB of float32
         a = torch.randn(1024, 1024)
         b = torch.randn(1024, 1024)
         c = torch.empty(1024, 1024)
