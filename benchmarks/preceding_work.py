@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import statistics
 import sys
-import time
 from typing import Callable, Dict, List
 
 import torch
@@ -51,20 +50,17 @@ class _Step:
     def __init__(self, module: torch.nn.Module, shape: bench.Shape, device: torch.device):
         module.train()
         self.module = module
+        self.device = device
         self.x = bench.make_input(shape, device, requires_grad=True)
         self.grad = bench.make_grad(shape, device)
         self.forward = bench.forward_fn(module, shape)
+        self.clock = bench.Clock(device)
 
     def run(self) -> tuple:
-        """(forward seconds, forward+backward seconds)."""
-        bench.clear_grads(self.x, self.module.parameters())
-        t0 = time.perf_counter()
-        y = self.forward(self.x)
-        t1 = time.perf_counter()
-        y.backward(self.grad)
-        t2 = time.perf_counter()
-        del y
-        return t1 - t0, t2 - t0
+        """(forward ms, forward+backward ms) of one step (bench.time_train)."""
+        s = bench.time_train(self.forward, self.x, self.grad, list(self.module.parameters()), self.device,
+                             warmup=0, repeats=1, clock=self.clock)
+        return s["fwd"][0], s["fwd+bwd"][0]
 
 
 def measure(shape: bench.Shape, threads: int, repeats: int, warmup: int, backend: str = "cpp",
@@ -119,8 +115,7 @@ def measure(shape: bench.Shape, threads: int, repeats: int, warmup: int, backend
         cells[mode] = {}
         for subject in SUBJECTS:
             cells[mode][subject] = {
-                col: {"min_ms": 1e3 * min(v), "median_ms": 1e3 * statistics.median(v),
-                      "samples_ms": [1e3 * t for t in v]}
+                col: {"min_ms": min(v), "median_ms": statistics.median(v), "samples_ms": list(v)}
                 for col, v in samples[mode][subject].items()}
         cells[mode]["ratio_of_minima"] = {
             col: cells[mode]["reference"][col]["min_ms"] / cells[mode]["fused"][col]["min_ms"]
