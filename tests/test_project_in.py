@@ -40,7 +40,7 @@ def test_parity(backend, training, layout, shape):
     run_case(make_case(*shape, layout, training), backend)
 
 
-# C = 1024 and N = 5 in (L, N, C): a row block of the C++ kernels holds 25 or 12
+# C = 1024 and N = 5 in (L, N, C): a row block of the C++ kernels holds 24 or 12
 # positions per sample (by the L2 cache size: common.h, row_block_rows), too short for
 # channel runs, so the h-wide passes (xhat and u; grad_z) take blocks of 64 positions of
 # their own (common.h, run_blocks), here two of them, the last partial.

@@ -374,20 +374,28 @@ inline Layout parse_layout(c10::string_view layout, const char* op) {
 // positions [p0, p1) of one sample n ("nhwc") or of all samples ("lnc"); inside
 // the block, the row of (n, p) is (p - p0) * pstride + noff(n). The split depends
 // only on the sizes, so per-block partial sums reduce identically for any thread count.
+// A block holds at most target_rows rows; the positions are shared out evenly over as
+// few blocks as that allows (the last one shorter by fewer positions than there are
+// blocks), so that a few blocks keep two threads equally busy: at EDT's 48 x 48 and 728
+// target rows, four blocks of 576 positions per sample rather than three of 728 and one
+// of 120.
 struct RowBlocks {
   Layout layout;
   int64_t N, HW, pchunk, per_sample, count;
 
   RowBlocks(Layout layout_, int64_t N_, int64_t HW_, int64_t target_rows)
       : layout(layout_), N(N_), HW(HW_) {
+    const int64_t most = std::max<int64_t>(
+        1, std::min(HW, layout == Layout::NHWC ? target_rows
+                                               : target_rows / std::max<int64_t>(N, 1)));
+    const int64_t blocks = HW == 0 ? 0 : (HW + most - 1) / most;
+    pchunk = blocks == 0 ? most : (HW + blocks - 1) / blocks;
     if (layout == Layout::NHWC) {
-      pchunk = std::max<int64_t>(1, std::min(HW, target_rows));
-      per_sample = HW == 0 ? 0 : (HW + pchunk - 1) / pchunk;
+      per_sample = blocks;
       count = N * per_sample;
     } else {
-      pchunk = std::max<int64_t>(1, std::min(HW, target_rows / std::max<int64_t>(N, 1)));
       per_sample = 0;
-      count = (HW == 0 || N == 0) ? 0 : (HW + pchunk - 1) / pchunk;
+      count = N == 0 ? 0 : blocks;
     }
   }
 

@@ -3,6 +3,7 @@
 // depthwise conv and the gate), global_branch (the transforms written out as in
 // SPEC 4.1), combine_out (forward and backward), the dispatcher route and errors.
 #include "cpu/combine_out.h"
+#include "cpu/common.h"
 #include "cpu/global_branch.h"
 #include "cpu/local_branch.h"
 #include "cpu/project_in.h"
@@ -128,6 +129,44 @@ void test_stream_fetch() {
   gemm::StreamFetch f(y.data(), 100);
   for (int64_t k = 0; k < 1000; ++k) f.step(k, 64);
   EXPECT(f.next >= f.end && f.next - f.end < 64);
+}
+
+// ---- row blocks ------------------------------------------------------------------------
+
+// RowBlocks: every (sample, position) in exactly one block, no block over the target rows
+// (or one position, where a position alone is more), the fewest blocks that allows, and
+// their positions shared out evenly.
+void test_row_blocks() {
+  using adaptir::cpu::Layout;
+  using adaptir::cpu::RowBlocks;
+  for (const Layout layout : {Layout::NHWC, Layout::LNC})
+    for (const int64_t N : {1, 2, 5, 16})
+      for (const int64_t HW : {1, 7, 117, 256, 1147, 2304})
+        for (const int64_t target : {1, 3, 64, 128, 728, 5000}) {
+          const RowBlocks rb(layout, N, HW, target);
+          const bool nhwc = layout == Layout::NHWC;
+          const int64_t per_pos = nhwc ? 1 : N;  // rows per position in a block
+          const int64_t most = std::max<int64_t>(1, std::min(HW, target / per_pos));
+          const int64_t blocks = (HW + most - 1) / most;  // per sample in nhwc, in all in lnc
+          EXPECT(rb.count == (nhwc ? N * blocks : blocks));
+          std::vector<int> seen(static_cast<size_t>(N * HW), 0);
+          int64_t shortest = HW, longest = 0;
+          for (int64_t b = 0; b < rb.count; ++b) {
+            const RowBlocks::Block k = rb.get(b);
+            const int64_t len = k.p1 - k.p0;
+            shortest = std::min(shortest, len);
+            longest = std::max(longest, len);
+            EXPECT(len >= 1 && len <= most);
+            EXPECT(k.rows == len * per_pos);
+            EXPECT(k.pstride == per_pos);
+            EXPECT(k.row0 == (nhwc ? k.n0 * HW + k.p0 : k.p0 * N));
+            EXPECT(nhwc ? k.n1 == k.n0 + 1 : (k.n0 == 0 && k.n1 == N));
+            for (int64_t n = k.n0; n < k.n1; ++n)
+              for (int64_t p = k.p0; p < k.p1; ++p) ++seen[static_cast<size_t>(n * HW + p)];
+          }
+          for (const int v : seen) EXPECT(v == 1);
+          EXPECT(longest - shortest < blocks);
+        }
 }
 
 // ---- rows <-> channel planes ------------------------------------------------------
@@ -397,6 +436,7 @@ void test_dispatcher() {
 int main() {
   test_skinny_gemm();
   test_stream_fetch();
+  test_row_blocks();
   test_row_planes();
   test_project_in();
   test_local_branch();
