@@ -4,7 +4,7 @@ reference, then time it at the SPEC section 7 shapes.
     adaptir bench                    # = --quick: batch 2 instead of 16, few repeats,
                                      #   torch.compile attempts within a time budget
     adaptir bench --full             # the SPEC shapes as written, compile attempts unbounded
-    adaptir bench --scaling          # forward+backward time against N*H*W and d_model
+    adaptir bench --scaling          # forward+backward time against N*H*W, d_model and the batch
     adaptir bench --full --device cuda --json bench.json --markdown bench.md
 
 Rows of the table: the eager reference, the fused module on every backend the device
@@ -1354,15 +1354,25 @@ def _run(opts: BenchOptions, device, warmup: int, repeats: int, log) -> Tuple[di
 
 SCALING_SPATIAL = {"full": (48, 96, 128, 192, 256), "quick": (48, 96, 160, 256), "tiny": (4, 8)}
 SCALING_WIDTH = {"full": (90, 180, 360, 576, 720), "quick": (90, 180, 360, 720), "tiny": (28, 56)}
+SCALING_BATCH = {"full": (1, 2, 4, 8, 16), "quick": (1, 2, 4, 8), "tiny": (1, 2)}
+# What each sweep varies: the x of its points, and how that x is named in tables and plots.
+SCALING_X = {"spatial": "N*H*W", "width": "d_model", "batch": "N"}
 
 
 def scaling_shapes(mode: str) -> Dict[str, List[Shape]]:
-    spatial = [Shape(f"{s}x{s}", "nhwc", 1, s, s, 180 if mode != "tiny" else 56, "edt")
-               for s in SCALING_SPATIAL[mode]]
+    C = 180 if mode != "tiny" else 56
+    spatial = [Shape(f"{s}x{s}", "nhwc", 1, s, s, C, "edt") for s in SCALING_SPATIAL[mode]]
     n, hw = (4, 48) if mode != "tiny" else (2, 5)
     width = [Shape(f"C{c}", "nhwc", n, hw, hw, c, "edt", hidden=None if c >= 56 else 4)
              for c in SCALING_WIDTH[mode]]
-    return {"spatial": spatial, "width": width}
+    # EDT-B's training patches (48x48, d_model 180) from one sample to the SPEC batch:
+    # what is fixed per adapter call shows as time growing slower than N.
+    batch = [Shape(f"N{b}", "nhwc", b, hw, hw, C, "edt") for b in SCALING_BATCH[mode]]
+    return {"spatial": spatial, "width": width, "batch": batch}
+
+
+def scaling_x(sweep: str, shape: Shape) -> int:
+    return {"spatial": shape.rows, "width": shape.C, "batch": shape.N}[sweep]
 
 
 def _slope(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
@@ -1379,8 +1389,8 @@ def _slope(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
 def run_scaling(device, backends: Sequence[str], mode: str, warmup: int, repeats: int, seed: int,
                 log: Callable[[str], None] = print, graphs: bool = True, stat: str = "median") -> dict:
     """Forward+backward time of the reference and each fused backend against N*H*W
-    (d_model 180, batch 1, square images) and against d_model (hidden = d_model // 14,
-    batch 4 of 48x48)."""
+    (d_model 180, batch 1, square images), against d_model (hidden = d_model // 14,
+    batch 4 of 48x48) and against the batch N (d_model 180, 48x48)."""
     out = {}
     use_graphs = graphs and torch.device(device).type == "cuda"
     failed: Optional[str] = None
@@ -1388,7 +1398,7 @@ def run_scaling(device, backends: Sequence[str], mode: str, warmup: int, repeats
     log("")
     log("Scaling (forward+backward, train mode):")
     for sweep, shapes in scaling_shapes(mode).items():
-        xs = [s.rows if sweep == "spatial" else s.C for s in shapes]
+        xs = [scaling_x(sweep, s) for s in shapes]
         series: Dict[str, List[Optional[float]]] = {name: [] for name, _ in impls}
         for shape in shapes:
             clock = Clock(device)
@@ -1420,7 +1430,7 @@ def run_scaling(device, backends: Sequence[str], mode: str, warmup: int, repeats
                     series.setdefault(f"{name} [graph]", []).append(tg)
                     log(f"  {sweep:<7} {shape.name:<8} {name:<12} as CUDA graph {fmt_ms(tg)}")
         out[sweep] = {
-            "x": "N*H*W" if sweep == "spatial" else "d_model",
+            "x": SCALING_X[sweep],
             "points": [s.to_json() for s in shapes],
             "xs": xs,
             "fwd_bwd_ms": series,
@@ -1436,10 +1446,12 @@ def format_scaling(scaling: dict, markdown: bool = False) -> str:
     for sweep, d in scaling.items():
         names = list(d["fwd_bwd_ms"])
         p0 = d["points"][0]
-        title = (f"forward+backward time against N*H*W (d_model {p0['C']}, batch {p0['N']}, H = W)"
-                 if sweep == "spatial" else
-                 f"forward+backward time against d_model (hidden = d_model // 14, batch {p0['N']} of "
-                 f"{p0['H']}x{p0['W']})")
+        title = {
+            "spatial": f"forward+backward time against N*H*W (d_model {p0['C']}, batch {p0['N']}, H = W)",
+            "width": (f"forward+backward time against d_model (hidden = d_model // 14, batch {p0['N']} of "
+                      f"{p0['H']}x{p0['W']})"),
+            "batch": f"forward+backward time against the batch N (d_model {p0['C']}, {p0['H']}x{p0['W']})",
+        }[sweep]
         header = [d["x"] + " (k: time ~ x^k from the previous point)"] + names
         rows = []
         local = d.get("local_exponent", {})
@@ -1495,7 +1507,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-graphs", dest="graphs", action="store_false",
                    help="CUDA: skip the CUDA-graph replays that measure the GPU's own time")
     p.add_argument("--scaling", action="store_true",
-                   help="instead of the shape table, time forward+backward against N*H*W and d_model")
+                   help="instead of the shape table, time forward+backward against N*H*W, d_model and "
+                        "the batch N")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     p.add_argument("--markdown", default=None, metavar="PATH", help="write the tables as markdown")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)

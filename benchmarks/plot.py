@@ -8,7 +8,8 @@ times.png    time per implementation per SPEC shape (forward+backward for the tr
              latest --full run of that device (else its latest run), with the SPEC 5.1
              floor drawn as a black bar and, on CUDA, the time of the same work
              replayed as a CUDA graph (no launch overhead) as a hatched inner bar.
-scaling.png  forward+backward time against N*H*W and against d_model, per
+scaling.png  forward+backward time against N*H*W, against d_model and against the
+             batch N (runs before the batch sweep have two panels), per
              implementation, from the latest --scaling run of each device.
 """
 
@@ -120,7 +121,8 @@ def plot_times(runs: Dict[str, dict], path: str) -> None:
 
 
 def plot_scaling(runs: Dict[str, dict], path: str) -> None:
-    fig, axes = plt.subplots(len(runs), 2, figsize=(10, 3.8 * len(runs)), squeeze=False)
+    cols = max(len(run["scaling"]) for run in runs.values())
+    fig, axes = plt.subplots(len(runs), cols, figsize=(5 * cols, 3.8 * len(runs)), squeeze=False)
     for row, (label, run) in zip(axes, sorted(runs.items())):
         for ax, (sweep, d) in zip(row, run["scaling"].items()):
             xs = d["xs"]
@@ -143,13 +145,17 @@ def plot_scaling(runs: Dict[str, dict], path: str) -> None:
                                fontsize=7)
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             p0 = d["points"][0]
-            ax.set_xlabel("N*H*W (log scale; ticks at H x W)" if sweep == "spatial"
-                          else "d_model (hidden = d_model // 14)")
+            ax.set_xlabel({"spatial": "N*H*W (log scale; ticks at H x W)",
+                           "width": "d_model (hidden = d_model // 14)",
+                           "batch": "batch N (log scale)"}[sweep])
             ax.set_ylabel(f"forward+backward, ms ({run.get('timing', {}).get('statistic', 'median')})")
-            ax.set_title(f"{label}: " + (f"d_model {p0['C']}, batch {p0['N']}, H = W" if sweep == "spatial"
-                                         else f"batch {p0['N']} of {p0['H']}x{p0['W']}"), fontsize=9)
+            ax.set_title(f"{label}: " + {"spatial": f"d_model {p0['C']}, batch {p0['N']}, H = W",
+                                         "width": f"batch {p0['N']} of {p0['H']}x{p0['W']}",
+                                         "batch": f"d_model {p0['C']}, {p0['H']}x{p0['W']}"}[sweep], fontsize=9)
             ax.legend(fontsize=7)
             ax.grid(which="both", alpha=0.3)
+        for ax in row[len(run["scaling"]):]:
+            ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -75,6 +75,30 @@ def test_bench_tiny_table_and_json(tmp_path, monkeypatch, capsys):
     assert "compile:fwd+bwd  compile failed" in out
 
 
+def test_bench_tiny_scaling(tmp_path, capsys):
+    js, md = tmp_path / "scaling.json", tmp_path / "scaling.md"
+    status = cli.main(FAST + ["--device", "cpu", "--scaling", "--json", str(js), "--markdown", str(md)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    sweeps = json.loads(js.read_text())["scaling"]
+    assert list(sweeps) == ["spatial", "width", "batch"]
+    for sweep, shapes in bench.scaling_shapes("tiny").items():
+        d = sweeps[sweep]
+        assert d["x"] == bench.SCALING_X[sweep]
+        assert d["xs"] == [bench.scaling_x(sweep, s) for s in shapes]
+        assert [p["name"] for p in d["points"]] == [s.name for s in shapes]
+        assert list(d["fwd_bwd_ms"]) == ["reference", "fused:torch"]
+        for times in d["fwd_bwd_ms"].values():
+            assert len(times) == len(shapes) and all(t > 0 for t in times)
+    batch = sweeps["batch"]
+    assert batch["xs"] == list(bench.SCALING_BATCH["tiny"])
+    assert {(p["H"], p["W"], p["C"]) for p in batch["points"]} == {(5, 5, 56)}
+    text = md.read_text()
+    assert "### Scaling: forward+backward time against the batch N (d_model 56, 5x5)" in text
+    assert "| N (k: time ~ x^k from the previous point) | reference | fused:torch |" in text
+    assert "Scaling: forward+backward time against the batch N" in out
+
+
 def _wrong_output(*args):
     out = combine_out_op.forward_torch(*args)
     return out * 1.5
