@@ -6,7 +6,9 @@ pairs DIR/A-<k>.json with DIR/B-<k>.json (the same <k>: runs taken back to back)
 prints, per shape and column, the median and quartiles of the per-pair ratio
 time(B) / time(A), how many pairs B won, and each variant's median time. On a noisy
 machine a pair's ratio is steadier than the two variants' separate statistics: both
-runs of a pair see about the same foreign load.
+runs of a pair see about the same foreign load. Runs of `adaptir bench --scaling` pair
+the same way, point by point: shape "<sweep> <point>" (for example "batch N1"), column
+fwd+bwd.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ COLUMNS = ("infer", "fwd", "bwd", "fwd+bwd")
 
 
 def load_times(path: str, impl: str) -> Dict[Tuple[str, str], float]:
-    """(shape, column) -> time in ms of `impl` in one `adaptir bench --json` file."""
+    """(shape, column) -> time in ms of `impl` in one `adaptir bench --json` file, in the
+    file's order: the shape table's, then the scaling sweeps' points."""
     with open(path) as f:
         run = json.load(f)
     out = {}
@@ -35,6 +38,10 @@ def load_times(path: str, impl: str) -> Dict[Tuple[str, str], float]:
                 t = (res.get("times_ms") or {}).get(col)
                 if t:
                     out[(shape["name"], col)] = float(t)
+    for sweep, d in (run.get("scaling") or {}).items():
+        for point, t in zip(d.get("points", []), (d.get("fwd_bwd_ms") or {}).get(impl, [])):
+            if t:
+                out[(f"{sweep} {point['name']}", "fwd+bwd")] = float(t)
     return out
 
 
@@ -58,13 +65,13 @@ def summarise(pairs: List[Tuple[str, str]], impl: str) -> List[dict]:
     times: Dict[Tuple[str, str], Tuple[List[float], List[float]]] = {}
     for pa, pb in pairs:
         ta, tb = load_times(pa, impl), load_times(pb, impl)
-        for key in ta.keys() & tb.keys():
+        for key in (k for k in ta if k in tb):
             ratios.setdefault(key, []).append(tb[key] / ta[key])
             times.setdefault(key, ([], []))
             times[key][0].append(ta[key])
             times[key][1].append(tb[key])
     rows = []
-    for key in sorted(ratios):
+    for key in ratios:  # the first pair's order
         r = ratios[key]
         lo, hi = quartiles(r)
         rows.append({"shape": key[0], "column": key[1], "pairs": len(r), "median_ratio": statistics.median(r),
@@ -90,10 +97,11 @@ def main(argv=None) -> int:
         print(f"no '{args.impl}' times common to the pairs", file=sys.stderr)
         return 1
     print(f"{args.impl}: {args.b} / {args.a}, {len(pairs)} pairs of runs from {args.folder}")
-    print(f"{'shape':<11} {'column':<8} {'pairs':>5} {'median':>7} {'quartiles':>13} {args.b + ' won':>10}"
+    width = max([11] + [len(r["shape"]) for r in rows])
+    print(f"{'shape':<{width}} {'column':<8} {'pairs':>5} {'median':>7} {'quartiles':>13} {args.b + ' won':>10}"
           f" {'median ms ' + args.a:>18} {'median ms ' + args.b:>18}")
     for r in rows:
-        print(f"{r['shape']:<11} {r['column']:<8} {r['pairs']:>5} {r['median_ratio']:>7.3f} "
+        print(f"{r['shape']:<{width}} {r['column']:<8} {r['pairs']:>5} {r['median_ratio']:>7.3f} "
               f"{r['q1']:>6.3f}-{r['q3']:<6.3f} {r['b_faster']:>10} {r['a_median_ms']:>18.2f} "
               f"{r['b_median_ms']:>18.2f}")
     return 0

@@ -1,5 +1,6 @@
 """benchmarks/ab_pairs.py: runs are paired by their suffix, the ratio is B over A per
-pair, rows missing from either run or not ok are left out, and no pairs is an error."""
+pair, rows missing from either run or not ok are left out, scaling sweeps pair point by
+point, and no pairs is an error."""
 
 import json
 import os
@@ -53,3 +54,23 @@ def test_failed_rows_and_missing_pairs(ab, tmp_path, capsys):
     assert "no 'fused:cpp' times" in capsys.readouterr().err
     assert ab.main([str(tmp_path), "a", "c"]) == 1
     assert "no pairs" in capsys.readouterr().err
+
+
+def _write_scaling(folder, name, times):
+    sweep = {"x": "N", "xs": [1, 2], "points": [{"name": "N1"}, {"name": "N2"}],
+             "fwd_bwd_ms": {"reference": [9.0, 12.0], "fused:cpp": times}}
+    (folder / f"{name}.json").write_text(json.dumps({"shapes": [], "scaling": {"batch": sweep}}))
+
+
+def test_scaling_points(ab, tmp_path, capsys):
+    _write_scaling(tmp_path, "a-1", [2.0, 4.0])
+    _write_scaling(tmp_path, "b-1", [1.0, None])  # a point that did not run is left out
+    _write_scaling(tmp_path, "a-2", [2.0, 4.0])
+    _write_scaling(tmp_path, "b-2", [3.0, 3.0])
+    rows = ab.summarise(ab.pair_files(str(tmp_path), "a", "b"), "fused:cpp")
+    assert [(r["shape"], r["column"], r["pairs"]) for r in rows] == [
+        ("batch N1", "fwd+bwd", 2), ("batch N2", "fwd+bwd", 1)]
+    assert rows[0]["median_ratio"] == pytest.approx(1.0)  # ratios 0.5 and 1.5
+    assert rows[1]["median_ratio"] == pytest.approx(0.75)
+    assert ab.main([str(tmp_path), "a", "b"]) == 0
+    assert "batch N1" in capsys.readouterr().out
