@@ -23,10 +23,12 @@ def test_parity(backend, shape):
 
 
 # The C++ float32 kernels run over columns in 8-lane chunks and split a sample into row
-# tiles of about 4096 positions, each recomputing one halo row on either side: widths
-# of exactly one and two chunks, a last chunk of 1-7 columns, and two or three tiles
-# per sample (70 x 90; 130 x 64, whose last tile has two rows), halo rows at the tile edges.
-WIDE_SHAPES = [(2, 13, 19), (1, 9, 50), (1, 5, 8), (2, 4, 16), (2, 70, 90), (1, 130, 64)]
+# tiles of at most about 4096 positions, rows shared out evenly, each tile recomputing
+# one halo row on either side: widths of exactly one and two chunks, a last chunk of 1-7
+# columns, two or three tiles per sample (70 x 90: 35 and 35 rows; 130 x 64: 44, 44, 42),
+# a single sample in two tiles (9 x 50: 5 and 4; 3 x 8: 2 and 1, a tile of one row),
+# halo rows at the tile edges.
+WIDE_SHAPES = [(2, 13, 19), (1, 9, 50), (1, 5, 8), (2, 4, 16), (2, 70, 90), (1, 130, 64), (1, 3, 8)]
 
 
 @pytest.mark.parametrize("backend", [b for b in backend_params() if b.id in ("cpp", "torch")])
