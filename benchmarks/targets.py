@@ -21,7 +21,10 @@ implementation running exactly at the run's SPEC 5.1 floor would reach: the refe
 time over the floor's (its five C-wide passes at the measured copy bandwidth plus the
 skinny products at the measured matmul rate, paid one after the other). Where that
 line misses the target, meeting it takes overlapping the memory traffic with the
-arithmetic, which the floor does not assume.
+arithmetic, which the floor does not assume. Two more lines give the times behind each
+speed-up, the reference's and the implementation's, in ms: a ratio that moves between
+runs shows which of the two moved (the reference's own time has doubled for a while on
+a shared machine).
 """
 
 from __future__ import annotations
@@ -54,6 +57,13 @@ def _floor_speedup(rows: Rows, column: str) -> Optional[float]:
         return None
     fraction = (r.get("floor_fraction") or {}).get(column)
     return 1.0 / fraction if fraction else None
+
+
+def _time_ms(rows: Rows, impl: str, column: str) -> Optional[float]:
+    r = rows.get(impl)
+    if r is None or r.get("status") != "ok":
+        return None
+    return (r.get("times_ms") or {}).get(column)
 
 
 def _over_compile(rows: Rows, impl: str) -> Optional[float]:
@@ -97,7 +107,8 @@ def evaluate(runs: List[Dict[str, Rows]], impl: str) -> List[dict]:
     """One row per target: its values per run (None where the run lacks them) and how
     many of the runs with a value meet it; for speed targets against the reference also
     the speed-up at the floor per run ("floor_values") and in how many runs that meets
-    the target ("floor_met", "floor_runs")."""
+    the target ("floor_met", "floor_runs"), and the two times behind the speed-up
+    ("reference_ms", "impl_ms")."""
     out = []
     for label, shape, get, threshold, at_least, floor_column in TARGETS:
         values = [get(run[shape], impl) if shape in run else None for run in runs]
@@ -107,6 +118,8 @@ def evaluate(runs: List[Dict[str, Rows]], impl: str) -> List[dict]:
             floor = [_floor_speedup(run[shape], floor_column) if shape in run else None for run in runs]
             row["floor_values"] = floor
             row["floor_met"], row["floor_runs"] = _count(floor, threshold, at_least)
+            for key, name in (("reference_ms", "reference"), ("impl_ms", impl)):
+                row[key] = [_time_ms(run[shape], name, floor_column) if shape in run else None for run in runs]
         out.append(row)
     return out
 
@@ -127,14 +140,18 @@ def main(argv=None) -> int:
         return 2
     print(f"{args.impl}, {len(runs)} run(s); values in file order")
     print(f"{'target':46} {'shape':10} {'values':40} met")
-    def line(label, shape, values, met, have):
+    def line(label, shape, values, met=None, have=None):
         vals = ", ".join("-" if v is None else f"{v:.2f}" for v in values)
-        print(f"{label:46} {shape:10} {vals:40} {f'{met} of {have}' if have else 'no data'}")
+        count = "" if have is None else (f"{met} of {have}" if have else "no data")
+        print(f"{label:46} {shape:10} {vals:40} {count}".rstrip())
 
     for r in rows:
         line(r["target"], r["shape"], r["values"], r["met"], r["runs"])
         if r.get("floor_runs"):
             line("  at the floor", "", r["floor_values"], r["floor_met"], r["floor_runs"])
+        for key, name in (("reference_ms", "reference"), ("impl_ms", args.impl)):
+            if any(v is not None for v in r.get(key, [])):
+                line(f"  {name}, ms", "", r[key])
     return 0
 
 

@@ -1,5 +1,6 @@
 """benchmarks/targets.py: each target's value per run, at-least and at-most thresholds,
-rows that are missing or not ok left out of the count, and unreadable files an error."""
+rows that are missing or not ok left out of the count, the times behind each speed-up,
+and unreadable files an error."""
 
 import json
 
@@ -12,10 +13,14 @@ def targets():
     return load_benchmark_script("targets.py")
 
 
-def _run(path, fwdbwd, fwd, saved, infer=None, compile_infer=None, status="ok", floor_fraction=None):
+def _run(path, fwdbwd, fwd, saved, infer=None, compile_infer=None, status="ok", floor_fraction=None,
+         ref_ms=None):
     fused = {"impl": "fused:cpp", "status": status, "saved_hidden_units": saved,
              "speedup": {"fwd+bwd": fwdbwd, "fwd": fwd, "infer": infer}}
     reference = {"impl": "reference", "status": "ok", "speedup": {"fwd+bwd": 1.0, "fwd": 1.0}}
+    if ref_ms is not None:  # times consistent with the speed-ups
+        reference["times_ms"] = {"fwd+bwd": 3 * ref_ms, "fwd": ref_ms}
+        fused["times_ms"] = {"fwd+bwd": 3 * ref_ms / fwdbwd, "fwd": ref_ms / fwd}
     if floor_fraction is not None:
         reference["floor_fraction"] = floor_fraction
     rows = [reference, fused]
@@ -80,3 +85,20 @@ def test_main_prints_and_fails_on_bad_input(targets, tmp_path, capsys):
     assert "not an `adaptir bench --json` file" in capsys.readouterr().err
     assert targets.main([good, "--impl", "fused:triton"]) == 2
     assert "no run has results for 'fused:triton'" in capsys.readouterr().err
+
+
+def test_times_behind_the_speedups(targets, tmp_path, capsys):
+    a = _run(tmp_path / "a.json", 4.0, 5.0, 2.0, ref_ms=10.0)
+    b = _run(tmp_path / "b.json", 8.0, 10.0, 2.0, ref_ms=20.0)  # the reference twice as slow
+    c = _run(tmp_path / "c.json", 4.0, 5.0, 2.0, status="failed")
+    rows = targets.evaluate([targets.load_rows(p) for p in (a, b, c)], "fused:cpp")
+    r = _row(rows, "fwd (train", "edt-train")
+    assert r["reference_ms"] == [10.0, 20.0, None]  # c has no times at all
+    assert r["impl_ms"] == [2.0, 2.0, None]
+    r = _row(rows, "fwd+bwd", "edt-train")
+    assert r["reference_ms"] == [30.0, 60.0, None] and r["impl_ms"] == [7.5, 7.5, None]
+    assert "reference_ms" not in _row(rows, "<= 3", "edt-train")
+    assert targets.main([a, b]) == 0
+    out = capsys.readouterr().out
+    assert "  reference, ms" in out and "10.00, 20.00" in out
+    assert "  fused:cpp, ms" in out and "2.00, 2.00" in out
