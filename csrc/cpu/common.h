@@ -370,6 +370,16 @@ inline Layout parse_layout(c10::string_view layout, const char* op) {
   TORCH_CHECK(false, op, ": layout must be 'nhwc' or 'lnc', got '", std::string(layout), "'");
 }
 
+// The size of each part when `total` items are shared out evenly over the fewest parts of
+// at most `most` items, and at least min(min_parts, total) parts: ceil(total / parts),
+// so the last part is shorter by fewer items than there are parts. 1 when total is 0.
+inline int64_t even_part(int64_t total, int64_t most, int64_t min_parts = 1) {
+  if (total <= 0) return 1;
+  most = std::max<int64_t>(most, 1);
+  const int64_t parts = std::max((total + most - 1) / most, std::min(min_parts, total));
+  return (total + parts - 1) / parts;
+}
+
 // Fixed blocks of consecutive rows of the backbone tensor. A block covers the
 // positions [p0, p1) of one sample n ("nhwc") or of all samples ("lnc"); inside
 // the block, the row of (n, p) is (p - p0) * pstride + noff(n). The split depends
@@ -385,11 +395,9 @@ struct RowBlocks {
 
   RowBlocks(Layout layout_, int64_t N_, int64_t HW_, int64_t target_rows)
       : layout(layout_), N(N_), HW(HW_) {
-    const int64_t most = std::max<int64_t>(
-        1, std::min(HW, layout == Layout::NHWC ? target_rows
-                                               : target_rows / std::max<int64_t>(N, 1)));
-    const int64_t blocks = HW == 0 ? 0 : (HW + most - 1) / most;
-    pchunk = blocks == 0 ? most : (HW + blocks - 1) / blocks;
+    pchunk = even_part(HW, layout == Layout::NHWC ? target_rows
+                                                  : target_rows / std::max<int64_t>(N, 1));
+    const int64_t blocks = HW == 0 ? 0 : (HW + pchunk - 1) / pchunk;
     if (layout == Layout::NHWC) {
       per_sample = blocks;
       count = N * per_sample;

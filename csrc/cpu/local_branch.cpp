@@ -28,11 +28,7 @@ struct Tiles {
     // At most about 4096 positions per tile, the rows shared out evenly; a single sample
     // of two or more rows takes at least two tiles, so that two threads share it. Depends
     // on the sizes only.
-    const int64_t most =
-        std::min<int64_t>(H, std::max<int64_t>(1, (4096 + W - 1) / std::max<int64_t>(W, 1)));
-    int64_t tiles = H == 0 ? 0 : (H + most - 1) / most;
-    if (N == 1 && H >= 2) tiles = std::max<int64_t>(tiles, 2);
-    rows_per_tile = tiles == 0 ? 1 : (H + tiles - 1) / tiles;
+    rows_per_tile = even_part(H, (4096 + W - 1) / std::max<int64_t>(W, 1), N == 1 ? 2 : 1);
     per_sample = (H + rows_per_tile - 1) / rows_per_tile;
     count = N * per_sample;
   }
