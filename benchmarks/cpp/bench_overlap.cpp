@@ -16,6 +16,12 @@
 // Where "both" comes out near the larger of read and arith, the core overlaps the two;
 // near their sum, it does not. The last column gives both / max(read, arith) from the
 // minima.
+// The same question for a write (the C-wide outputs, written with streaming stores), on
+// a second, 64-byte aligned matrix of the same size:
+//   write        K = 0: each line written with two 32-byte streaming stores, in order;
+//   write K      K rounds per line, then the line's stores;
+//   write K x16  16 K rounds, then the stores of 16 consecutive lines in a row;
+// their last column is time / max(write, arith).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -54,6 +60,33 @@ __attribute__((target("avx2,fma"), noinline)) float pass(const float* a, int64_t
   }
   __m256 t = _mm256_add_ps(s0, s1);
   for (int i = 0; i < 12; ++i) t = _mm256_add_ps(t, c[i]);
+  float o[8];
+  _mm256_storeu_ps(o, t);
+  return o[0] + o[1] + o[2] + o[3] + o[4] + o[5] + o[6] + o[7];
+}
+
+// K rounds of the same arithmetic per line, every line of y (64-byte aligned) written with
+// streaming stores: line by line (B = 1) or B lines at a time after their B * K rounds.
+template <int K, int B>
+__attribute__((target("avx2,fma"), noinline)) float write_pass(float* y, int64_t lines) {
+  __m256 c[12];
+  for (int i = 0; i < 12; ++i) c[i] = _mm256_set1_ps(0.001f * static_cast<float>(i));
+  const __m256 m = _mm256_set1_ps(0.9999f), b = _mm256_set1_ps(1e-4f);
+  for (int64_t l = 0; l < lines;) {
+    const int n = l + B <= lines ? B : 1;  // the last lines one at a time
+    for (int k = 0; k < K * n; ++k) {
+#pragma GCC unroll 12
+      for (int i = 0; i < 12; ++i) c[i] = _mm256_fmadd_ps(c[i], m, b);
+    }
+    for (int q = 0; q < n; ++q) {
+      _mm256_stream_ps(y + (l + q) * kLineFloats, c[q % 12]);
+      _mm256_stream_ps(y + (l + q) * kLineFloats + 8, c[(q + 1) % 12]);
+    }
+    l += n;
+  }
+  _mm_sfence();
+  __m256 t = c[0];
+  for (int i = 1; i < 12; ++i) t = _mm256_add_ps(t, c[i]);
   float o[8];
   _mm256_storeu_ps(o, t);
   return o[0] + o[1] + o[2] + o[3] + o[4] + o[5] + o[6] + o[7];
@@ -102,6 +135,9 @@ int main(int argc, char** argv) {
   // 16 lines of slack past the end for the prefetch.
   std::vector<float> a(static_cast<size_t>((lines + 16) * kLineFloats));
   for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i % 97) * 0.01f;
+  // The written matrix: 64-byte aligned for the streaming stores.
+  std::vector<float> ybuf(static_cast<size_t>((lines + 16) * kLineFloats), 0.0f);
+  float* const y = ybuf.data() + ((64 - (reinterpret_cast<uintptr_t>(ybuf.data()) & 63)) & 63) / 4;
   std::vector<float> hot(static_cast<size_t>(threads * kHotLines * kLineFloats), 0.5f);
   std::vector<char> evict(size_t{64} << 20, 1);
   volatile float sink = 0.0f;
@@ -163,6 +199,31 @@ int main(int argc, char** argv) {
   ADAPTIR_ROW(3);
   ADAPTIR_ROW(4);
 #undef ADAPTIR_ROW
+
+  const auto ypart = [&](int t) { return y + t * per_thread * kLineFloats; };
+  const Timing write = run(true, [&](int t) { return write_pass<0, 1>(ypart(t), per_thread); });
+  std::printf("write          min %7.3f ms  median %7.3f ms  %5.1f GB/s\n", write.min_ms,
+              write.median_ms, bytes / write.min_ms * 1e-6);
+  const auto wrow = [&](int K, auto hot_body, auto line_body, auto burst_body) {
+    const Timing arith = run(false, hot_body);
+    const Timing line = run(true, line_body);
+    const Timing burst = run(true, burst_body);
+    const double larger = std::max(write.min_ms, arith.min_ms);
+    std::printf("arith K=%d      min %7.3f ms  median %7.3f ms\n", K, arith.min_ms, arith.median_ms);
+    std::printf("write K=%d      min %7.3f ms  median %7.3f ms  time / max %.2f  (sum / max %.2f)\n",
+                K, line.min_ms, line.median_ms, line.min_ms / larger,
+                (write.min_ms + arith.min_ms) / larger);
+    std::printf("write K=%d x16  min %7.3f ms  median %7.3f ms  time / max %.2f\n", K, burst.min_ms,
+                burst.median_ms, burst.min_ms / larger);
+  };
+#define ADAPTIR_WROW(K)                                                         \
+  wrow(K, [&](int t) { return hot_pass<K>(hot_of(t), per_thread); },          \
+       [&](int t) { return write_pass<K, 1>(ypart(t), per_thread); },          \
+       [&](int t) { return write_pass<K, 16>(ypart(t), per_thread); })
+  ADAPTIR_WROW(1);
+  ADAPTIR_WROW(2);
+  ADAPTIR_WROW(3);
+#undef ADAPTIR_WROW
   std::printf("(checksum %g)\n", static_cast<double>(sink));
   return 0;
 }
