@@ -9,7 +9,7 @@ For a change that can be switched at run time (a throw-away build whose kernels 
 process: the same allocator state, the same oneDNN and OpenMP state, and the same minute
 of a noisy machine, which alternating processes (`ab_pairs.py`) cannot give. Prints, per
 column (fwd, bwd, step), the minimum and the median of each side and the ratios on / off.
-The variable is restored to what it was before when the script ends.
+The variable and torch's thread count are restored when the run ends.
 """
 
 from __future__ import annotations
@@ -109,9 +109,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     import torch
 
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    step = training_step(args.shape, args.batch, args.backend)
-    samples = alternate(step, args.pairs, args.var, args.value, args.warmup)
+    try:
+        step = training_step(args.shape, args.batch, args.backend)
+        samples = alternate(step, args.pairs, args.var, args.value, args.warmup)
+    finally:
+        torch.set_num_threads(threads_before)
     print(f"{args.shape}, {args.var}={args.value} against unset, {args.pairs} pairs, "
           f"{args.threads} thread(s), ms")
     for line in summary(samples):

@@ -1,10 +1,11 @@
 """benchmarks/ab_env.py: the variable alternates unset / set step by step, warm-up steps
-are dropped, the variable is restored afterwards, ratios are on over off, and a real
-module step runs end to end."""
+are dropped, the variable and the thread count are restored afterwards, ratios are on
+over off, and a real module step runs end to end."""
 
 import os
 
 import pytest
+import torch
 from helpers import load_benchmark_script
 
 VAR = "ADAPTIR_TEST_AB_ENV"
@@ -68,6 +69,7 @@ def test_bad_arguments(ab, kw, msg):
 
 def test_main_runs_a_module_step(ab, capsys, monkeypatch):
     monkeypatch.delenv(VAR, raising=False)
+    threads = torch.get_num_threads()
     backend = "cpp" if _has_cpp() else "torch"
     assert ab.main([VAR, "--shape", "edt-train", "--batch", "1", "--pairs", "2", "--warmup", "1",
                     "--threads", "1", "--backend", backend]) == 0
@@ -75,6 +77,7 @@ def test_main_runs_a_module_step(ab, capsys, monkeypatch):
     assert f"{VAR}=1 against unset, 2 pairs" in out
     assert sum(ln.startswith(("fwd ", "bwd ", "step ")) for ln in out.splitlines()) == 3
     assert VAR not in os.environ
+    assert torch.get_num_threads() == threads  # put back after --threads 1
 
 
 def _has_cpp():
