@@ -177,21 +177,30 @@ int main(int argc, char** argv) {
   std::printf("read           min %7.3f ms  median %7.3f ms  %5.1f GB/s\n", read.min_ms,
               read.median_ms, bytes / read.min_ms * 1e-6);
 
-  const auto row = [&](int K, auto hot_body, auto both_body, auto pf_body) {
+  // K rounds alone, then the pass over memory (alone: `mem`) with them in two forms,
+  // printed as "<name> K=<K>" and "<name> K=<K><suffix>", each against the larger of
+  // the two alone (`ratio` / max).
+  const auto row = [&](int K, const Timing& mem, const char* name, const char* suffix,
+                       const char* ratio, auto hot_body, auto one_body, auto two_body) {
     const Timing arith = run(false, hot_body);
-    const Timing both = run(true, both_body);
-    const Timing pf = run(true, pf_body);
+    const Timing one = run(true, one_body);
+    const Timing two = run(true, two_body);
     const double flops = static_cast<double>(per_thread * threads) * K * 192.0;
-    const double larger = std::max(read.min_ms, arith.min_ms);
+    const double larger = std::max(mem.min_ms, arith.min_ms);
     std::printf("arith K=%d      min %7.3f ms  median %7.3f ms  %5.0f GFLOP/s\n", K, arith.min_ms,
                 arith.median_ms, flops / arith.min_ms * 1e-6);
-    std::printf("both K=%d       min %7.3f ms  median %7.3f ms  both / max %.2f  (sum / max %.2f)\n", K,
-                both.min_ms, both.median_ms, both.min_ms / larger, (read.min_ms + arith.min_ms) / larger);
-    std::printf("both K=%d pf    min %7.3f ms  median %7.3f ms  both / max %.2f\n", K, pf.min_ms,
-                pf.median_ms, pf.min_ms / larger);
+    char label[32];
+    std::snprintf(label, sizeof label, "%s K=%d", name, K);
+    std::printf("%-14s min %7.3f ms  median %7.3f ms  %s / max %.2f  (sum / max %.2f)\n", label,
+                one.min_ms, one.median_ms, ratio, one.min_ms / larger,
+                (mem.min_ms + arith.min_ms) / larger);
+    std::snprintf(label, sizeof label, "%s K=%d%s", name, K, suffix);
+    std::printf("%-14s min %7.3f ms  median %7.3f ms  %s / max %.2f\n", label, two.min_ms,
+                two.median_ms, ratio, two.min_ms / larger);
   };
 #define ADAPTIR_ROW(K)                                                          \
-  row(K, [&](int t) { return hot_pass<K>(hot_of(t), per_thread); },           \
+  row(K, read, "both", " pf", "both",                                         \
+      [&](int t) { return hot_pass<K>(hot_of(t), per_thread); },              \
       [&](int t) { return pass<K, false>(part(t), per_thread); },             \
       [&](int t) { return pass<K, true>(part(t), per_thread); })
   ADAPTIR_ROW(1);
@@ -204,22 +213,11 @@ int main(int argc, char** argv) {
   const Timing write = run(true, [&](int t) { return write_pass<0, 1>(ypart(t), per_thread); });
   std::printf("write          min %7.3f ms  median %7.3f ms  %5.1f GB/s\n", write.min_ms,
               write.median_ms, bytes / write.min_ms * 1e-6);
-  const auto wrow = [&](int K, auto hot_body, auto line_body, auto burst_body) {
-    const Timing arith = run(false, hot_body);
-    const Timing line = run(true, line_body);
-    const Timing burst = run(true, burst_body);
-    const double larger = std::max(write.min_ms, arith.min_ms);
-    std::printf("arith K=%d      min %7.3f ms  median %7.3f ms\n", K, arith.min_ms, arith.median_ms);
-    std::printf("write K=%d      min %7.3f ms  median %7.3f ms  time / max %.2f  (sum / max %.2f)\n",
-                K, line.min_ms, line.median_ms, line.min_ms / larger,
-                (write.min_ms + arith.min_ms) / larger);
-    std::printf("write K=%d x16  min %7.3f ms  median %7.3f ms  time / max %.2f\n", K, burst.min_ms,
-                burst.median_ms, burst.min_ms / larger);
-  };
 #define ADAPTIR_WROW(K)                                                         \
-  wrow(K, [&](int t) { return hot_pass<K>(hot_of(t), per_thread); },          \
-       [&](int t) { return write_pass<K, 1>(ypart(t), per_thread); },          \
-       [&](int t) { return write_pass<K, 16>(ypart(t), per_thread); })
+  row(K, write, "write", " x16", "time",                                      \
+      [&](int t) { return hot_pass<K>(hot_of(t), per_thread); },              \
+      [&](int t) { return write_pass<K, 1>(ypart(t), per_thread); },          \
+      [&](int t) { return write_pass<K, 16>(ypart(t), per_thread); })
   ADAPTIR_WROW(1);
   ADAPTIR_WROW(2);
   ADAPTIR_WROW(3);
