@@ -94,6 +94,19 @@ void test_skinny_gemm() {
       EXPECT_CLOSE(z.narrow(1, 0, h), at::addmm(bias.narrow(0, 0, h).to(at::kDouble), xd, wd.t()), 1e-6);
       EXPECT_CLOSE(y, at::mm(gd, wd), 1e-6);
       EXPECT(at::equal(y, ys));
+      // Streamed into outputs that start off a 64-byte boundary (the floats up to it and
+      // after the last whole burst take another path): the same values, and nothing
+      // written before the output.
+      for (const int64_t off : {1, 5, 8, 15}) {
+        at::Tensor buf = at::full({R * C + off}, NAN);
+        float* yo = buf.data_ptr<float>() + off;
+        if (k < 0)
+          gemm::expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C, yo, /*stream=*/true);
+        else
+          builds[k].expand(g.data_ptr<float>(), hp, R, h, w.data_ptr<float>(), C, yo, true);
+        EXPECT(at::equal(buf.narrow(0, off, R * C).view({R, C}), y));
+        EXPECT(buf.narrow(0, 0, off).isnan().all().item<bool>());
+      }
       EXPECT_CLOSE(p, at::mm(gd.t(), xd), 1e-6);
       outs.push_back({z.narrow(1, 0, h), y, p});
     }
