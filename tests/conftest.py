@@ -1,7 +1,8 @@
 """Test session setup.
 
 Without a CUDA device, Triton kernels run in Triton's interpreter on CPU tensors; the
-interpreter must be chosen before triton is first imported, hence here.
+interpreter must be chosen before triton is first imported, hence here. Every test must
+also leave the process's global state as it found it (`_global_state_unchanged`).
 """
 
 import os
