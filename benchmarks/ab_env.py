@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 COLUMNS = ("fwd", "bwd", "step")
@@ -40,7 +39,7 @@ def restored(var: str) -> Iterator[None]:
 
 def alternate(step: Callable[[], Tuple[float, float]], pairs: int, var: str, value: str = "1",
               warmup: int = 10) -> Dict[str, Dict[str, List[float]]]:
-    """Runs `step` (returning forward and backward seconds) 2 * pairs + warmup times, VAR
+    """Runs `step` (returning forward and backward ms) 2 * pairs + warmup times, VAR
     unset on even calls and set to `value` on odd ones; the first `warmup` calls are not
     kept. Returns samples in ms: side -> column -> list."""
     if pairs < 1 or warmup < 0:
@@ -58,7 +57,7 @@ def alternate(step: Callable[[], Tuple[float, float]], pairs: int, var: str, val
             fwd, bwd = step()
             if i >= warmup:
                 for col, t in zip(COLUMNS, (fwd, bwd, fwd + bwd)):
-                    out[side][col].append(t * 1e3)
+                    out[side][col].append(t)
     return out
 
 
@@ -73,7 +72,8 @@ def summary(samples: Dict[str, Dict[str, List[float]]]) -> List[str]:
 
 
 def training_step(shape_name: str, batch: Optional[int], backend: str) -> Callable[[], Tuple[float, float]]:
-    """One forward+backward of the fused module at a training shape, timed."""
+    """One forward+backward of the fused module at a training shape, timed by
+    bench.time_train: (forward ms, backward ms)."""
     from adaptir_kernels import bench
 
     shape = bench.training_shape(shape_name, batch)
@@ -83,15 +83,11 @@ def training_step(shape_name: str, batch: Optional[int], backend: str) -> Callab
     grad = bench.make_grad(shape, "cpu")
     forward = bench.forward_fn(module, shape)
     params = list(module.parameters())
+    clock = bench.Clock("cpu")
 
     def step() -> Tuple[float, float]:
-        bench.clear_grads(x, params)
-        t0 = time.perf_counter()
-        y = forward(x)
-        t1 = time.perf_counter()
-        y.backward(grad)
-        t2 = time.perf_counter()
-        return t1 - t0, t2 - t1
+        s = bench.time_train(forward, x, grad, params, "cpu", warmup=0, repeats=1, clock=clock)
+        return s["fwd"][0], s["bwd"][0]
 
     return step
 

@@ -23,8 +23,8 @@ def test_alternates_and_drops_warmup(ab, monkeypatch):
     def step():
         value = os.environ.get(VAR)
         seen.append(value)
-        # the "on" side is twice as slow, so the sides cannot be mixed up unnoticed
-        return (0.002, 0.004) if value == "yes" else (0.001, 0.002)
+        # the "on" side is twice as slow, so the sides cannot be mixed up unnoticed (ms)
+        return (2.0, 4.0) if value == "yes" else (1.0, 2.0)
 
     samples = ab.alternate(step, pairs=3, var=VAR, value="yes", warmup=2)
     assert seen == [None, "yes"] * 4
