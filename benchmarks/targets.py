@@ -41,29 +41,26 @@ Rows = Dict[str, dict]
 TARGETS: List[Tuple[str, str, Callable[[Rows, str], Optional[float]], float, bool, Optional[str]]] = []
 
 
+def _column(rows: Rows, impl: str, field: str, column: str) -> Optional[float]:
+    """rows[impl][field][column] where impl's row ran ("ok"), else None."""
+    r = rows.get(impl)
+    if r is None or r.get("status") != "ok":
+        return None
+    return (r.get(field) or {}).get(column)
+
+
 def _speedup(column: str) -> Callable[[Rows, str], Optional[float]]:
-    def get(rows: Rows, impl: str) -> Optional[float]:
-        r = rows.get(impl)
-        if r is None or r.get("status") != "ok":
-            return None
-        return (r.get("speedup") or {}).get(column)
-    return get
+    return lambda rows, impl: _column(rows, impl, "speedup", column)
 
 
 def _floor_speedup(rows: Rows, column: str) -> Optional[float]:
     """The reference's time over the floor's: the speed-up of an implementation at the floor."""
-    r = rows.get("reference")
-    if r is None or r.get("status") != "ok":
-        return None
-    fraction = (r.get("floor_fraction") or {}).get(column)
+    fraction = _column(rows, "reference", "floor_fraction", column)
     return 1.0 / fraction if fraction else None
 
 
 def _time_ms(rows: Rows, impl: str, column: str) -> Optional[float]:
-    r = rows.get(impl)
-    if r is None or r.get("status") != "ok":
-        return None
-    return (r.get("times_ms") or {}).get(column)
+    return _column(rows, impl, "times_ms", column)
 
 
 def _over_compile(rows: Rows, impl: str) -> Optional[float]:
