@@ -11,7 +11,7 @@ from adaptir_kernels.backends import available_backends, resolve_backend
 from adaptir_kernels.module import AdaptIR
 from adaptir_kernels.reference import AdaptIR as ReferenceAdaptIR
 from helpers import (SHAPES, assert_close_rel, assert_same_results, compare_modules, make_input, make_pair,
-                     randomize, run_fwd_bwd)
+                     randomize, regular_input, run_fwd_bwd)
 from op_cases import DEVICE, backend_params
 
 
@@ -480,16 +480,32 @@ def test_cpp_parity_at_streaming_sizes(case):
     N, H, W, C, preset, layout = case
     assert N * H * W * C * 4 >= 16 << 20
     ref, mod = make_pair(fused("cpp"), d_model=C, preset=preset, layout=layout, seed=C + N)
+    # At these sizes (1e5 spectral bins and more) some bin always has |U| near 1e-4 of its
+    # plane's RMS. With amp_fuse.bias != 0 the gate's output there stays finite while the
+    # phase's gradient grows as 1 / |U|, and every float32 evaluation's gradients, the
+    # reference's included, land 1e-4 to 5e-4 from float64 (measured over 12 draws at
+    # 13x48x48x180). Zero, its initial value, keeps A' proportional to |U|, which cancels
+    # that growth; every other parameter stays random, and the smaller shapes above
+    # randomise it too.
+    with torch.no_grad():
+        for m in (ref, mod):
+            m.amp_fuse.bias.zero_()
     ref64 = copy.deepcopy(ref).double()
-    x = make_input(layout, N, H, W, C, seed=H + W)
     hw = (H, W) if layout == "lnc" else None
-    out_r, g_r = run_fwd_bwd(ref, x, hw)
+    x, _ = regular_input(ref, layout, N, H, W, C, seed=H + W)
+    out_r, _ = run_fwd_bwd(ref, x, hw)
+    out_64, g_64 = run_fwd_bwd(ref64, x.double(), hw)
     with _alloc.poisoned():
         out_m, g_m = run_fwd_bwd(mod, x, hw)
-    assert_same_results(out_m, g_m, out_r, g_r)
+    assert_close_rel(out_m, out_r, 1e-5, "output")
+    assert_close_rel(out_m, out_64, 1e-5, "output against float64")
+    # Gradients against the float64 reference: on such draws the float32 one is itself up
+    # to 1.4e-4 from it in its worst gradient, the C++ path within 6e-5 (12 draws).
+    floor = 1e-2 * g_64["x"].norm().item()
+    for name in g_64:
+        assert_close_rel(g_m[name], g_64[name], 1e-4, f"grad {name} against float64", floor=floor)
     # The running statistics against a float64 reference: at about 30 000 values per
     # channel the float32 reference's own running_var is about 1e-6 off (the C++ one 3e-8).
-    ref64(x.double(), hw=hw)
     for (name, b64), (_, b_m) in zip(ref64.named_buffers(), mod.named_buffers()):
         assert_close_rel(b_m.double(), b64, 1e-6, f"buffer {name}")
     ref.eval()
