@@ -1,6 +1,6 @@
 """The C++ kernels that have several builds (AVX2+FMA and baseline x86-64: the skinny
 products, the small FFTs, the local branch's tiles and combine_out's backward rows; and
-AVX-512: the skinny products) pass the C++ parity tests with each. A machine runs one
+AVX-512: the skinny products and the small FFTs) pass the C++ parity tests with each. A machine runs one
 build by default (AVX-512 where the CPU has it, except on AMD family 19h, Zen 4, whose
 512-bit operations run as two 256-bit halves; else AVX2; else the baseline), and
 ADAPTIR_CPU_AVX512=0 (AVX2), ADAPTIR_CPU_AVX512=1 (AVX-512 where the CPU has it) or
@@ -130,6 +130,7 @@ torch.manual_seed(0)
 out = {"isa": c.cpu_isa()}
 for name, make, shape in [
         ("edt", lambda: AdaptIR(180, backend="cpp"), (2, 9, 13, 180)),
+        ("edt-own-fft", lambda: AdaptIR(180, backend="cpp"), (2, 10, 12, 180)),
         ("ipt", lambda: AdaptIR(576, preset="ipt", layout="lnc", backend="cpp"), (36, 3, 576))]:
     m = make()
     with torch.no_grad():
@@ -157,7 +158,7 @@ def test_avx512_and_avx2_builds_give_bitwise_equal_modules(tmp_path):
                        capture_output=True, text=True)
         results[isa] = torch.load(tmp_path / f"{isa}.pt")
         assert results[isa]["isa"] == isa
-    for name in ("edt", "ipt"):
+    for name in ("edt", "edt-own-fft", "ipt"):
         a, b = results["avx512"][name], results["avx2"][name]
         assert len(a) == len(b) > 10
         for i, (ta, tb) in enumerate(zip(a, b)):

@@ -364,8 +364,8 @@ struct PlaneGroups {
   bool own;  // small_fft.h's transforms (float32)
   PlaneGroups(int64_t planes_, int64_t plane_elems, bool own_) : planes(planes_), own(own_) {
     if (own) {
-      // small_fft.h transforms eight planes at once: one such block per group.
-      size = fft::kLanes;
+      // small_fft.h transforms 8 or 16 planes at once: one such block per group.
+      size = fft::lanes();
       count = (planes + size - 1) / size;
       return;
     }

@@ -1,6 +1,7 @@
 // Run-time choice of the instruction set of the CPU kernels that have an AVX2+FMA
 // build next to their baseline x86-64 one (skinny products, small FFTs, depthwise
-// tiles, combine_out's backward rows), and of the skinny products' AVX-512 build.
+// tiles, combine_out's backward rows), and of the AVX-512 builds of the skinny products
+// and the small FFTs.
 #pragma once
 
 // Defined where the AVX2+FMA builds are compiled at all (GCC on x86-64: they rely on its
@@ -39,8 +40,8 @@ bool cpu_can_avx512();
 // too. Read once per process.
 bool cpu_has_avx512();
 
-// "avx512" (the skinny products in AVX-512, the other vector kernels in AVX2), "avx2"
-// or "baseline": what this process runs.
+// "avx512" (the skinny products and the small FFTs in AVX-512, the other vector kernels
+// in AVX2), "avx2" or "baseline": what this process runs.
 const char* cpu_isa_name();
 
 }  // namespace adaptir::cpu

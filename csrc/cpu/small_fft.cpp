@@ -1,4 +1,4 @@
-// Plans and run-time selection between the AVX2+FMA and the baseline builds of
+// Plans and run-time selection between the AVX-512, AVX2+FMA and baseline builds of
 // small_fft_impl.h.
 #include "small_fft.h"
 
@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -93,16 +94,28 @@ const Plan& plan_for(int64_t n) {
 }  // namespace adaptir::cpu::fft
 
 #ifdef ADAPTIR_AVX2_BUILDS
+#define ADAPTIR_FFT_LANES 16
+ADAPTIR_AVX512_BEGIN
+namespace adaptir::cpu::fft::avx512 {
+#include "small_fft_impl.h"
+}  // namespace adaptir::cpu::fft::avx512
+ADAPTIR_AVX512_END
+#undef ADAPTIR_FFT_LANES
+
+#define ADAPTIR_FFT_LANES 8
 ADAPTIR_AVX2_BEGIN
 namespace adaptir::cpu::fft::avx2 {
 #include "small_fft_impl.h"
 }  // namespace adaptir::cpu::fft::avx2
 ADAPTIR_AVX2_END
+#undef ADAPTIR_FFT_LANES
 #endif
 
+#define ADAPTIR_FFT_LANES 8
 namespace adaptir::cpu::fft::base {
 #include "small_fft_impl.h"
 }  // namespace adaptir::cpu::fft::base
+#undef ADAPTIR_FFT_LANES
 
 namespace adaptir::cpu::fft {
 
@@ -114,8 +127,19 @@ bool uses_avx2() {
 #endif
 }
 
+bool uses_avx512() {
+#ifdef ADAPTIR_AVX2_BUILDS
+  return cpu_has_avx512();
+#else
+  return false;
+#endif
+}
+
+int64_t lanes() { return uses_avx512() ? 16 : 8; }
+
 void rfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W) {
 #ifdef ADAPTIR_AVX2_BUILDS
+  if (uses_avx512()) return avx512::rfft2(in, out, nq, H, W);
   if (uses_avx2()) return avx2::rfft2(in, out, nq, H, W);
 #endif
   base::rfft2(in, out, nq, H, W);
@@ -123,6 +147,7 @@ void rfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W) {
 
 void irfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W) {
 #ifdef ADAPTIR_AVX2_BUILDS
+  if (uses_avx512()) return avx512::irfft2(in, out, nq, H, W);
   if (uses_avx2()) return avx2::irfft2(in, out, nq, H, W);
 #endif
   base::irfft2(in, out, nq, H, W);

@@ -1,9 +1,12 @@
 // The body of small_fft.cpp's transforms, included once per instruction set inside its
-// own namespace (see small_fft.cpp). Uses Plan and Stage from small_fft.h.
+// own namespace (see small_fft.cpp), with ADAPTIR_FFT_LANES (8 or 16) floats per vector:
+// one plane per lane. Uses Plan and Stage from small_fft.h.
 
-typedef float vf __attribute__((vector_size(32)));
+constexpr int kVL = ADAPTIR_FFT_LANES;
+static_assert(kVL == 8 || kVL == 16, "8 or 16 planes per vector");
+typedef float vf __attribute__((vector_size(kVL * sizeof(float))));
 
-// Eight complex values, one per lane.
+// kVL complex values, one per lane.
 struct cv {
   vf re, im;
 };
@@ -18,7 +21,8 @@ AI vf vload(const float* p) {
 }
 AI void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
-// r[i][j] <-> r[j][i].
+#if ADAPTIR_FFT_LANES == 8
+// r[i][j] <-> r[j][i] for eight rows, in three steps of in-lane and cross-lane shuffles.
 AI void transpose8(vf r[8]) {
   const vf t0 = __builtin_shufflevector(r[0], r[1], 0, 8, 1, 9, 4, 12, 5, 13);
   const vf t1 = __builtin_shufflevector(r[0], r[1], 2, 10, 3, 11, 6, 14, 7, 15);
@@ -45,17 +49,65 @@ AI void transpose8(vf r[8]) {
   r[3] = __builtin_shufflevector(s3, s7, 0, 1, 2, 3, 8, 9, 10, 11);
   r[7] = __builtin_shufflevector(s3, s7, 4, 5, 6, 7, 12, 13, 14, 15);
 }
+#endif
+
+// One step of the kVL x kVL transpose below: rows i and i + S (bit S of i clear) swap
+// the blocks whose column has bit S set in row i and clear in row i + S.
+template <int S, size_t... J>
+AI void swap_blocks(vf& a, vf& b, std::index_sequence<J...>) {
+  const vf lo = __builtin_shufflevector(a, b, ((J & S) ? kVL + J - S : J)...);
+  const vf hi = __builtin_shufflevector(a, b, ((J & S) ? kVL + J : J + S)...);
+  a = lo;
+  b = hi;
+}
+template <int S>
+AI void swap_blocks_all(vf r[kVL]) {
+  for (int i = 0; i < kVL; ++i)
+    if ((i & S) == 0) swap_blocks<S>(r[i], r[i + S], std::make_index_sequence<kVL>{});
+}
+
+// r[i][j] <-> r[j][i] for kVL rows: each step swaps one bit of the row and column indices.
+AI void transpose(vf r[kVL]) {
+#if ADAPTIR_FFT_LANES == 8
+  transpose8(r);
+#else
+  swap_blocks_all<8>(r);
+  swap_blocks_all<4>(r);
+  swap_blocks_all<2>(r);
+  swap_blocks_all<1>(r);
+#endif
+}
+
+// (re, im) interleaved: the first and the second kVL floats of re[j], im[j] pairs.
+template <size_t... J>
+AI vf interleave_lo(vf re, vf im, std::index_sequence<J...>) {
+  return __builtin_shufflevector(re, im, ((J % 2) ? kVL + J / 2 : J / 2)...);
+}
+template <size_t... J>
+AI vf interleave_hi(vf re, vf im, std::index_sequence<J...>) {
+  return __builtin_shufflevector(re, im, ((J % 2) ? kVL + kVL / 2 + J / 2 : kVL / 2 + J / 2)...);
+}
+// Even and odd floats of the 2 kVL floats lo, hi.
+template <size_t... J>
+AI vf even_of(vf lo, vf hi, std::index_sequence<J...>) {
+  return __builtin_shufflevector(lo, hi, (2 * J)...);
+}
+template <size_t... J>
+AI vf odd_of(vf lo, vf hi, std::index_sequence<J...>) {
+  return __builtin_shufflevector(lo, hi, (2 * J + 1)...);
+}
+constexpr std::make_index_sequence<kVL> kLaneSeq{};
 
 // Explicit 32-byte loads and stores of cv (a plain struct copy may move 16 bytes at a
 // time, which stalls the 32-byte loads that follow it).
 AI cv cload(const cv* p) {
   const float* f = reinterpret_cast<const float*>(p);
-  return {vload(f), vload(f + 8)};
+  return {vload(f), vload(f + kVL)};
 }
 AI void cstore(cv* p, cv z) {
   float* f = reinterpret_cast<float*>(p);
   vstore(f, z.re);
-  vstore(f + 8, z.im);
+  vstore(f + kVL, z.im);
 }
 
 // i z and -i z.
@@ -208,7 +260,7 @@ Work scratch(int64_t H, int64_t W) {
   return {s.real.data, s.spec.data, s.line.data, s.line2.data};
 }
 
-// Up to eight planes (lanes) of the forward transform.
+// Up to kVL planes (lanes) of the forward transform.
 void rfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, const Plan& ph,
                  const Plan& pw) {
   const int64_t HW = H * W, wf = W / 2 + 1, HWf = H * wf;
@@ -216,11 +268,11 @@ void rfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, c
   const vf zero = splat(0.0f);
   // Planes -> lanes.
   int64_t i = 0;
-  for (; i + 8 <= HW; i += 8) {
-    vf r[8];
-    for (int j = 0; j < 8; ++j) r[j] = j < lanes ? vload(in + j * HW + i) : zero;
-    transpose8(r);
-    for (int e = 0; e < 8; ++e) X[i + e] = r[e];
+  for (; i + kVL <= HW; i += kVL) {
+    vf r[kVL];
+    for (int j = 0; j < kVL; ++j) r[j] = j < lanes ? vload(in + j * HW + i) : zero;
+    transpose(r);
+    for (int e = 0; e < kVL; ++e) X[i + e] = r[e];
   }
   for (; i < HW; ++i) {
     vf v = zero;
@@ -254,19 +306,19 @@ void rfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, c
   }
   // Lanes -> planes, (re, im) interleaved.
   int64_t b = 0;
-  for (; b + 8 <= HWf; b += 8) {
-    vf re[8], im[8];
-    for (int e = 0; e < 8; ++e) {
+  for (; b + kVL <= HWf; b += kVL) {
+    vf re[kVL], im[kVL];
+    for (int e = 0; e < kVL; ++e) {
       const cv z = cload(S + b + e);
       re[e] = z.re;
       im[e] = z.im;
     }
-    transpose8(re);
-    transpose8(im);
+    transpose(re);
+    transpose(im);
     for (int j = 0; j < lanes; ++j) {
       float* o = out + j * 2 * HWf + 2 * b;
-      vstore(o, __builtin_shufflevector(re[j], im[j], 0, 8, 1, 9, 2, 10, 3, 11));
-      vstore(o + 8, __builtin_shufflevector(re[j], im[j], 4, 12, 5, 13, 6, 14, 7, 15));
+      vstore(o, interleave_lo(re[j], im[j], kLaneSeq));
+      vstore(o + kVL, interleave_hi(re[j], im[j], kLaneSeq));
     }
   }
   for (; b < HWf; ++b)
@@ -276,7 +328,7 @@ void rfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, c
     }
 }
 
-// Up to eight planes (lanes) of the inverse transform.
+// Up to kVL planes (lanes) of the inverse transform.
 void irfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, const Plan& ph,
                   const Plan& pw) {
   const int64_t HW = H * W, wf = W / 2 + 1, HWf = H * wf;
@@ -284,22 +336,22 @@ void irfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, 
   const vf zero = splat(0.0f);
   // Planes -> lanes.
   int64_t b = 0;
-  for (; b + 8 <= HWf; b += 8) {
-    vf re[8], im[8];
-    for (int j = 0; j < 8; ++j) {
+  for (; b + kVL <= HWf; b += kVL) {
+    vf re[kVL], im[kVL];
+    for (int j = 0; j < kVL; ++j) {
       if (j < lanes) {
         const float* p = in + j * 2 * HWf + 2 * b;
-        const vf lo = vload(p), hi = vload(p + 8);
-        re[j] = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
-        im[j] = __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15);
+        const vf lo = vload(p), hi = vload(p + kVL);
+        re[j] = even_of(lo, hi, kLaneSeq);
+        im[j] = odd_of(lo, hi, kLaneSeq);
       } else {
         re[j] = zero;
         im[j] = zero;
       }
     }
-    transpose8(re);
-    transpose8(im);
-    for (int e = 0; e < 8; ++e) cstore(S + b + e, {re[e], im[e]});
+    transpose(re);
+    transpose(im);
+    for (int e = 0; e < kVL; ++e) cstore(S + b + e, {re[e], im[e]});
   }
   for (; b < HWf; ++b) {
     cv z = {zero, zero};
@@ -355,10 +407,10 @@ void irfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, 
   }
   // Lanes -> planes.
   int64_t i = 0;
-  for (; i + 8 <= HW; i += 8) {
-    vf v[8];
-    for (int e = 0; e < 8; ++e) v[e] = X[i + e];
-    transpose8(v);
+  for (; i + kVL <= HW; i += kVL) {
+    vf v[kVL];
+    for (int e = 0; e < kVL; ++e) v[e] = X[i + e];
+    transpose(v);
     for (int j = 0; j < lanes; ++j) vstore(out + j * HW + i, v[j]);
   }
   for (; i < HW; ++i)
@@ -369,8 +421,8 @@ void rfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W) {
   const Plan& ph = plan_for(H);
   const Plan& pw = plan_for(W);
   const int64_t HW = H * W, HWf = H * (W / 2 + 1);
-  for (int64_t q = 0; q < nq; q += 8)
-    rfft2_lanes(in + q * HW, out + q * 2 * HWf, static_cast<int>(std::min<int64_t>(8, nq - q)), H, W,
+  for (int64_t q = 0; q < nq; q += kVL)
+    rfft2_lanes(in + q * HW, out + q * 2 * HWf, static_cast<int>(std::min<int64_t>(kVL, nq - q)), H, W,
                 ph, pw);
 }
 
@@ -378,8 +430,8 @@ void irfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W) {
   const Plan& ph = plan_for(H);
   const Plan& pw = plan_for(W);
   const int64_t HW = H * W, HWf = H * (W / 2 + 1);
-  for (int64_t q = 0; q < nq; q += 8)
-    irfft2_lanes(in + q * 2 * HWf, out + q * HW, static_cast<int>(std::min<int64_t>(8, nq - q)), H,
+  for (int64_t q = 0; q < nq; q += kVL)
+    irfft2_lanes(in + q * 2 * HWf, out + q * HW, static_cast<int>(std::min<int64_t>(kVL, nq - q)), H,
                  W, ph, pw);
 }
 

@@ -1,7 +1,9 @@
 // C++ checks of small_fft.h against ATen's FFT in double precision: every supported side
-// pair, group sizes that fill eight lanes, fewer, and more, both builds (AVX2+FMA where
-// the CPU has it, and the baseline), inverse of non-Hermitian half spectra, and the
-// supported() rule.
+// pair, group sizes that fill the lanes, fewer, and more, every build the CPU can run
+// (AVX-512 with 16 planes per vector, AVX2+FMA with 8, and the baseline), inverse of
+// non-Hermitian half spectra, the supported() rule, and the AVX-512 build bitwise equal
+// to the AVX2 one.
+#include "cpu/isa.h"
 #include "cpu/small_fft.h"
 
 #include "tests/expect.h"
@@ -16,6 +18,16 @@ namespace adaptir::cpu::fft::base {
 void rfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W);
 void irfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W);
 }  // namespace adaptir::cpu::fft::base
+#ifdef ADAPTIR_AVX2_BUILDS
+namespace adaptir::cpu::fft::avx2 {
+void rfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W);
+void irfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W);
+}  // namespace adaptir::cpu::fft::avx2
+namespace adaptir::cpu::fft::avx512 {
+void rfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W);
+void irfft2(const float* in, float* out, int64_t nq, int64_t H, int64_t W);
+}  // namespace adaptir::cpu::fft::avx512
+#endif
 
 namespace {
 
@@ -81,14 +93,18 @@ void test_transforms() {
     const char* name;
   };
   std::vector<Build> builds = {{&fft::base::rfft2, &fft::base::irfft2, "baseline"}};
-  if (fft::uses_avx2()) builds.push_back({&fft::rfft2, &fft::irfft2, "avx2"});
-  else std::printf("this CPU has no AVX2+FMA: only the baseline build is checked\n");
+#ifdef ADAPTIR_AVX2_BUILDS
+  if (adaptir::cpu::cpu_has_avx2_fma()) builds.push_back({&fft::avx2::rfft2, &fft::avx2::irfft2, "avx2"});
+  else std::printf("this CPU has no AVX2+FMA: its build is not checked\n");
+  if (adaptir::cpu::cpu_can_avx512()) builds.push_back({&fft::avx512::rfft2, &fft::avx512::irfft2, "avx512"});
+  else std::printf("this CPU has no AVX-512F and VL (or ADAPTIR_CPU_AVX512=0): its build is not checked\n");
+#endif
   for (const Build& b : builds) {
     double worst = 0.0;
     for (int64_t H : sides)
       for (int64_t W : sides) check_pair(H, W, (H * 7 + W) % 3 == 0 ? 8 : 3, b.fwd, b.inv, b.name, worst);
-    // Several blocks of eight with a partial last one, at the training sizes.
-    for (int64_t nq : {1, 11, 24}) {
+    // Several blocks of 8 or 16 planes with a partial last one, at the training sizes.
+    for (int64_t nq : {1, 11, 24, 40}) {
       check_pair(48, 48, nq, b.fwd, b.inv, b.name, worst);
       check_pair(16, 16, nq, b.fwd, b.inv, b.name, worst);
       check_pair(45, 64, nq, b.fwd, b.inv, b.name, worst);
@@ -99,8 +115,42 @@ void test_transforms() {
 
 }  // namespace
 
+#ifdef ADAPTIR_AVX2_BUILDS
+// The 16-plane AVX-512 build gives the same bits as the 8-plane AVX2 one: each plane's
+// arithmetic does not depend on the vector width or on the lane.
+void test_avx512_equals_avx2() {
+  if (!adaptir::cpu::cpu_can_avx512()) {
+    std::printf("this CPU has no AVX-512F and VL (or ADAPTIR_CPU_AVX512=0): the builds' bitwise equality is not checked\n");
+    return;
+  }
+  at::manual_seed(1);
+  for (int64_t H : {1, 5, 16, 45, 48, 64})
+    for (int64_t W : {1, 6, 16, 27, 48, 64})
+      for (int64_t nq : {3, 16, 21}) {
+        const int64_t wf = W / 2 + 1;
+        const at::Tensor u = at::randn({nq, H, W}, at::kFloat);
+        const at::Tensor Z = at::randn({nq, H, 2 * wf}, at::kFloat);
+        at::Tensor U8 = at::full({nq, H, 2 * wf}, NAN, at::kFloat), U16 = U8.clone();
+        at::Tensor y8 = at::full({nq, H, W}, NAN, at::kFloat), y16 = y8.clone();
+        fft::avx2::rfft2(u.const_data_ptr<float>(), U8.data_ptr<float>(), nq, H, W);
+        fft::avx512::rfft2(u.const_data_ptr<float>(), U16.data_ptr<float>(), nq, H, W);
+        fft::avx2::irfft2(Z.const_data_ptr<float>(), y8.data_ptr<float>(), nq, H, W);
+        fft::avx512::irfft2(Z.const_data_ptr<float>(), y16.data_ptr<float>(), nq, H, W);
+        const bool same = at::equal(U8, U16) && at::equal(y8, y16);
+        if (!same) {
+          std::fprintf(stderr, "avx512 and avx2 builds differ: H=%ld W=%ld nq=%ld\n", static_cast<long>(H),
+                       static_cast<long>(W), static_cast<long>(nq));
+          ++failures;
+        }
+      }
+}
+#endif
+
 int main() {
   test_supported();
   test_transforms();
+#ifdef ADAPTIR_AVX2_BUILDS
+  test_avx512_equals_avx2();
+#endif
   return adaptir_test::finish("small_fft");
 }
