@@ -119,21 +119,10 @@ namespace adaptir::cpu::fft::base {
 
 namespace adaptir::cpu::fft {
 
-bool uses_avx2() {
-#ifdef ADAPTIR_AVX2_BUILDS
-  return cpu_has_avx2_fma();
-#else
-  return false;
-#endif
-}
+// isa.h's answers are false where the vector builds are not compiled.
+bool uses_avx2() { return cpu_has_avx2_fma(); }
 
-bool uses_avx512() {
-#ifdef ADAPTIR_AVX2_BUILDS
-  return cpu_has_avx512();
-#else
-  return false;
-#endif
-}
+bool uses_avx512() { return cpu_has_avx512(); }
 
 int64_t lanes() { return uses_avx512() ? 16 : 8; }
 
