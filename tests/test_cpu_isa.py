@@ -131,6 +131,7 @@ out = {"isa": c.cpu_isa()}
 for name, make, shape in [
         ("edt", lambda: AdaptIR(180, backend="cpp"), (2, 9, 13, 180)),
         ("edt-own-fft", lambda: AdaptIR(180, backend="cpp"), (2, 10, 12, 180)),
+        ("edt-gate-tail", lambda: AdaptIR(180, backend="cpp"), (3, 5, 8, 180)),
         ("ipt", lambda: AdaptIR(576, preset="ipt", layout="lnc", backend="cpp"), (36, 3, 576))]:
     m = make()
     with torch.no_grad():
@@ -158,7 +159,7 @@ def test_avx512_and_avx2_builds_give_bitwise_equal_modules(tmp_path):
                        capture_output=True, text=True)
         results[isa] = torch.load(tmp_path / f"{isa}.pt")
         assert results[isa]["isa"] == isa
-    for name in ("edt", "edt-own-fft", "ipt"):
+    for name in ("edt", "edt-own-fft", "edt-gate-tail", "ipt"):
         a, b = results["avx512"][name], results["avx2"][name]
         assert len(a) == len(b) > 10
         for i, (ta, tb) in enumerate(zip(a, b)):

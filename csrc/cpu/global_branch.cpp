@@ -4,7 +4,7 @@
 // one work item (one parallel region per call, the group's data stays in cache):
 // Transforms: norm "ortho"; small_fft.h's for float32 planes of up to 64 x 64 whose
 // sides have no prime factor above 5, on CPUs with AVX2 and FMA (the groups are then
-// blocks of eight planes), ATen's FFT otherwise.
+// blocks of 8 planes, 16 with the AVX-512 builds), ATen's FFT otherwise.
 // Forward:  U = rfft2(u); the spectral gate in place on U;
 //           y = irfft2(U) written into the output; g = |y| in place with the plane means
 //           and the signs of y packed 8 to a byte.
@@ -16,11 +16,13 @@
 //           parameter-gradient sums, which the same pass accumulates per plane (summed
 //           per channel in sample order). grad_u = irfft2(J^T GY).
 // The gate follows ops/spectral_gate.py (the same formulas as spectral_gate.cpp). In
-// float32 it runs on 8-lane vectors with branch-free polynomial atan2 and sin/cos
-// (about 1e-7 relative error, like libm's float functions); float64 uses libm.
+// float32 it runs on 8-lane vectors (16 with the AVX-512 builds, gate_lanes_impl.h) with
+// branch-free polynomial atan2 and sin/cos (about 1e-7 relative error, like libm's float
+// functions); float64 uses libm.
 #include "global_branch.h"
 
 #include "common.h"
+#include "isa.h"
 #include "small_fft.h"
 
 #include <ATen/ops/empty.h>
@@ -32,6 +34,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <utility>
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
@@ -41,110 +44,7 @@ namespace {
 constexpr const char* kFwd = "global_branch";
 constexpr const char* kBwd = "global_branch_backward";
 
-// ---- 8-lane float math --------------------------------------------------------
-
-namespace simd {
-
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-constexpr int64_t L = 8;
-
-#define AI static inline __attribute__((always_inline))
-
-AI vf load(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-AI void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-AI vf splat(float x) { return vf{} + x; }
-AI vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
-
-// Complex interleaved (re, im) x 8 <-> two vectors.
-AI void load_complex(const float* p, vf& re, vf& im) {
-  const vf lo = load(p), hi = load(p + L);
-  re = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
-  im = __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15);
-}
-AI void store_complex(float* p, vf re, vf im) {
-  store(p, __builtin_shufflevector(re, im, 0, 8, 1, 9, 2, 10, 3, 11));
-  store(p + L, __builtin_shufflevector(re, im, 4, 12, 5, 13, 6, 14, 7, 15));
-}
-
-// The functions below work on K independent vectors at once, statement by statement:
-// the gate's dependency chains are long (divisions, Newton steps, polynomials), and
-// with one vector at a time the core mostly waits on their latency. Each lane's
-// arithmetic does not depend on K.
-#define EACH for (int k = 0; k < K; ++k)
-
-// sqrt(m) for m in [1, 2]: bit-level estimate of 1/sqrt, three Newton steps.
-template <int K>
-AI void sqrt_1_2(const vf* m, vf* out) {
-  vf y[K], hm[K];
-  EACH {
-    y[k] = (vf)(0x5f3759df - ((vi)m[k] >> 1));
-    hm[k] = m[k] * 0.5f;
-  }
-  for (int step = 0; step < 3; ++step) EACH y[k] = y[k] * (1.5f - hm[k] * y[k] * y[k]);
-  EACH out[k] = m[k] * y[k];
-}
-
-// |x + iy| and atan2(y, x), with std::atan2's signed-zero results (atan2(0, -0) = pi).
-template <int K>
-AI void polar(const vf* x, const vf* y, vf* mag, vf* ang) {
-  vf mx[K], t0[K], m[K], root[K], t[K], r[K];
-  vi swp[K], big[K];
-  EACH {
-    const vf ax = vabs(x[k]), ay = vabs(y[k]);
-    swp[k] = ay > ax;
-    mx[k] = swp[k] ? ay : ax;
-    const vf mn = swp[k] ? ax : ay;
-    const vf den = (mx[k] == 0.0f) ? splat(1.0f) : mx[k];
-    t0[k] = mn / den;
-  }
-  EACH m[k] = 1.0f + t0[k] * t0[k];
-  sqrt_1_2<K>(m, root);
-  EACH {
-    mag[k] = mx[k] * root[k];
-    big[k] = t0[k] > 0.41421356237309503f;
-    t[k] = big[k] ? (t0[k] - 1.0f) / (t0[k] + 1.0f) : t0[k];
-  }
-  EACH {
-    const vf z = t[k] * t[k];
-    r[k] = (((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z -
-            3.33329491539e-1f) * z * t[k] + t[k];
-  }
-  EACH {
-    r[k] = r[k] + (big[k] ? splat(0.78539816339744830962f) : splat(0.0f));
-    r[k] = swp[k] ? 1.57079632679489661923f - r[k] : r[k];
-    r[k] = ((vi)x[k] < 0) ? 3.14159265358979323846f - r[k] : r[k];
-    ang[k] = (vf)(((vi)r[k] & 0x7fffffff) | ((vi)y[k] & (vi{} + static_cast<int32_t>(0x80000000u))));
-  }
-}
-
-// sin and cos for |v| < 8192 (Cody-Waite reduction by pi/2, minimax polynomials).
-template <int K>
-AI void sincos(const vf* v, vf* s, vf* c) {
-  vf r[K], z[K], ps[K], pc[K];
-  vi qi[K];
-  EACH {
-    const vf q = (v[k] * 0.63661977236758134308f + 12582912.0f) - 12582912.0f;
-    r[k] = ((v[k] - q * 1.5703125f) - q * 4.837512969970703125e-4f) - q * 7.54978995489188216e-8f;
-    qi[k] = __builtin_convertvector(q, vi);
-    z[k] = r[k] * r[k];
-  }
-  EACH ps[k] = ((-1.9515295891e-4f * z[k] + 8.3321608736e-3f) * z[k] - 1.6666654611e-1f) * z[k] * r[k] + r[k];
-  EACH pc[k] = ((2.443315711809948e-5f * z[k] - 1.388731625493765e-3f) * z[k] + 4.166664568298827e-2f) *
-                   z[k] * z[k] - 0.5f * z[k] + 1.0f;
-  EACH {
-    const vi odd = (qi[k] & 1) != 0;
-    const vf ss = odd ? pc[k] : ps[k], cc = odd ? ps[k] : pc[k];
-    s[k] = (vf)((vi)ss ^ ((qi[k] & 2) << 30));
-    c[k] = (vf)((vi)cc ^ (((qi[k] + 1) & 2) << 30));
-  }
-}
-
-}  // namespace simd
+// ---- the gate on float vectors (gate_lanes_impl.h) ------------------------------
 
 struct Gate {
   float wa, ba, wp, bp;
@@ -155,105 +55,61 @@ inline bool vector_ok(const Gate& p) {
   return std::fabs(p.wp) * 3.1415927f + std::fabs(p.bp) < 8000.0f;
 }
 
+// Eight lanes, inlined into ADAPTIR_CLONES functions (AVX2 without FMA, or the baseline).
 namespace simd {
-
-// K blocks of eight complex elements of the gate forward.
-template <int K>
-AI void gate_forward_k(const float* src, float* dst, const Gate& p) {
-  vf ur[K], ui[K], a[K], ph[K], arg[K], s[K], c[K];
-  EACH load_complex(src + 2 * L * k, ur[k], ui[k]);
-  polar<K>(ur, ui, a, ph);
-  EACH arg[k] = ph[k] * p.wp + p.bp;
-  sincos<K>(arg, s, c);
-  EACH {
-    const vf a2 = a[k] * p.wa + p.ba;
-    store_complex(dst + 2 * L * k, a2 * c[k], a2 * s[k]);
-  }
-}
-
-// K blocks of eight complex elements of the gate backward; accumulates the c-weighted
-// sums, block after block (the order of one block at a time).
-template <int K>
-AI void gate_backward_k(float* gp, const float* up, const float* wp, const Gate& p, vf* acc) {
-  vf ur[K], ui[K], a[K], ph[K], arg[K], s[K], c[K];
-  EACH load_complex(up + 2 * L * k, ur[k], ui[k]);
-  polar<K>(ur, ui, a, ph);
-  EACH arg[k] = ph[k] * p.wp + p.bp;
-  sincos<K>(arg, s, c);
-  vf da2[K], dp2[K];
-  EACH {
-    vf gr, gi;
-    load_complex(gp + 2 * L * k, gr, gi);
-    const vf a2 = a[k] * p.wa + p.ba;
-    da2[k] = gr * c[k] + gi * s[k];
-    dp2[k] = a2 * (gi * c[k] - gr * s[k]);
-  }
-  EACH {
-    const vf w = load(wp + L * k);
-    acc[0] += w * da2[k] * a[k];
-    acc[1] += w * da2[k];
-    acc[2] += w * dp2[k] * ph[k];
-    acc[3] += w * dp2[k];
-  }
-  EACH {
-    const vi nz = a[k] != 0.0f;
-    const vf safe = nz ? a[k] : splat(1.0f);
-    const vf da = p.wa * da2[k] / safe;
-    const vf dp = p.wp * dp2[k] / (safe * safe);
-    const vf zero = splat(0.0f);
-    store_complex(gp + 2 * L * k, nz ? da * ur[k] - dp * ui[k] : zero,
-                  nz ? da * ui[k] + dp * ur[k] : zero);
-  }
-}
-
-// Blocks per step of the gate loops.
-constexpr int kGateBlocks = 4;
-
-#undef EACH
-#undef AI
-
+#define ADAPTIR_GATE_LANES 8
+#include "gate_lanes_impl.h"
+#undef ADAPTIR_GATE_LANES
 }  // namespace simd
 
-// G = gate(U) for n complex elements; in and out may be the same buffer.
+#ifdef ADAPTIR_AVX2_BUILDS
+// Sixteen lanes for the CPUs whose AVX-512 builds are chosen (isa.h), compiled without
+// contraction like the AVX2 clone, so bitwise equal to it.
+#pragma GCC push_options
+#pragma GCC target("avx2,avx512f,avx512vl")
+#pragma GCC optimize("fp-contract=off")
+namespace simd16 {
+#define ADAPTIR_GATE_LANES 16
+#include "gate_lanes_impl.h"
+#undef ADAPTIR_GATE_LANES
+}  // namespace simd16
+
+void gate_forward_x16(const float* in, float* out, int64_t n, Gate p) {
+  simd16::gate_forward_lanes(in, out, n, p);
+}
+
+void gate_backward_x16(float* g, const float* u, const float* cw, int64_t n, Gate p, double* sums) {
+  simd16::gate_backward_lanes(g, u, cw, n, p, sums);
+}
+#pragma GCC pop_options
+#endif
+
 ADAPTIR_CLONES
+void gate_forward_x8(const float* in, float* out, int64_t n, Gate p) {
+  simd::gate_forward_lanes(in, out, n, p);
+}
+
+ADAPTIR_CLONES
+void gate_backward_x8(float* g, const float* u, const float* cw, int64_t n, Gate p, double* sums) {
+  simd::gate_backward_lanes(g, u, cw, n, p, sums);
+}
+
+// G = gate(U) for n complex elements; in and out may be the same buffer.
 void gate_forward_f32(const float* in, float* out, int64_t n, Gate p) {
-  using namespace simd;
-  int64_t i = 0;
-  for (; i + kGateBlocks * L <= n; i += kGateBlocks * L)
-    gate_forward_k<kGateBlocks>(in + 2 * i, out + 2 * i, p);
-  for (; i + L <= n; i += L) gate_forward_k<1>(in + 2 * i, out + 2 * i, p);
-  if (i < n) {
-    float src[2 * L] = {}, dst[2 * L];
-    std::memcpy(src, in + 2 * i, sizeof(float) * 2 * (n - i));
-    gate_forward_k<1>(src, dst, p);
-    std::memcpy(out + 2 * i, dst, sizeof(float) * 2 * (n - i));
-  }
+#ifdef ADAPTIR_AVX2_BUILDS
+  if (cpu_has_avx512()) return gate_forward_x16(in, out, n, p);
+#endif
+  gate_forward_x8(in, out, n, p);
 }
 
 // In place on g (GY in, J^T GY out); u: the spectrum; cw: per-element c-weights.
 // Adds the c-weighted sums (amp_w, amp_b, pha_w, pha_b) into sums.
-ADAPTIR_CLONES
 void gate_backward_f32(float* g, const float* u, const float* cw, int64_t n, Gate p,
                        double* sums) {
-  using namespace simd;
-  vf acc[4] = {splat(0), splat(0), splat(0), splat(0)};
-  int64_t i = 0;
-  for (; i + kGateBlocks * L <= n; i += kGateBlocks * L)
-    gate_backward_k<kGateBlocks>(g + 2 * i, u + 2 * i, cw + i, p, acc);
-  for (; i + L <= n; i += L) gate_backward_k<1>(g + 2 * i, u + 2 * i, cw + i, p, acc);
-  if (i < n) {
-    float gb[2 * L] = {}, ub[2 * L] = {}, wb[L] = {};
-    std::memcpy(gb, g + 2 * i, sizeof(float) * 2 * (n - i));
-    std::memcpy(ub, u + 2 * i, sizeof(float) * 2 * (n - i));
-    std::memcpy(wb, cw + i, sizeof(float) * (n - i));
-    gate_backward_k<1>(gb, ub, wb, p, acc);
-    std::memcpy(g + 2 * i, gb, sizeof(float) * 2 * (n - i));
-  }
-  for (int k = 0; k < 4; ++k) {
-    double t = 0.0;
-    for (int64_t j = 0; j < L; ++j) t += acc[k][j];
-    sums[k] += t;
-  }
+#ifdef ADAPTIR_AVX2_BUILDS
+  if (cpu_has_avx512()) return gate_backward_x16(g, u, cw, n, p, sums);
+#endif
+  gate_backward_x8(g, u, cw, n, p, sums);
 }
 
 // Scalar (libm) versions: float64, and float32 channels with very large pha weights.
