@@ -25,23 +25,14 @@ AI void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 AI vf splat(float x) { return vf{} + x; }
 AI vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
 
-// Complex interleaved (re, im) x L <-> two vectors.
-template <size_t... J>
-AI void deinterleave(vf lo, vf hi, vf& re, vf& im, std::index_sequence<J...>) {
-  re = __builtin_shufflevector(lo, hi, (2 * J)...);
-  im = __builtin_shufflevector(lo, hi, (2 * J + 1)...);
-}
-template <size_t... J>
-AI void interleave(vf re, vf im, vf& lo, vf& hi, std::index_sequence<J...>) {
-  lo = __builtin_shufflevector(re, im, ((J % 2) ? L + J / 2 : J / 2)...);
-  hi = __builtin_shufflevector(re, im, ((J % 2) ? L + L / 2 + J / 2 : L / 2 + J / 2)...);
-}
+#include "complex_lanes_impl.h"
+
 AI void load_complex(const float* p, vf& re, vf& im) {
-  deinterleave(load(p), load(p + L), re, im, std::make_index_sequence<L>{});
+  deinterleave(load(p), load(p + L), re, im);
 }
 AI void store_complex(float* p, vf re, vf im) {
   vf lo, hi;
-  interleave(re, im, lo, hi, std::make_index_sequence<L>{});
+  interleave(re, im, lo, hi);
   store(p, lo);
   store(p + L, hi);
 }

@@ -78,28 +78,10 @@ AI void transpose(vf r[kVL]) {
 #endif
 }
 
-// (re, im) interleaved: the first and the second kVL floats of re[j], im[j] pairs.
-template <size_t... J>
-AI vf interleave_lo(vf re, vf im, std::index_sequence<J...>) {
-  return __builtin_shufflevector(re, im, ((J % 2) ? kVL + J / 2 : J / 2)...);
-}
-template <size_t... J>
-AI vf interleave_hi(vf re, vf im, std::index_sequence<J...>) {
-  return __builtin_shufflevector(re, im, ((J % 2) ? kVL + kVL / 2 + J / 2 : kVL / 2 + J / 2)...);
-}
-// Even and odd floats of the 2 kVL floats lo, hi.
-template <size_t... J>
-AI vf even_of(vf lo, vf hi, std::index_sequence<J...>) {
-  return __builtin_shufflevector(lo, hi, (2 * J)...);
-}
-template <size_t... J>
-AI vf odd_of(vf lo, vf hi, std::index_sequence<J...>) {
-  return __builtin_shufflevector(lo, hi, (2 * J + 1)...);
-}
-constexpr std::make_index_sequence<kVL> kLaneSeq{};
+#include "complex_lanes_impl.h"
 
-// Explicit 32-byte loads and stores of cv (a plain struct copy may move 16 bytes at a
-// time, which stalls the 32-byte loads that follow it).
+// Explicit whole-vector loads and stores of cv (a plain struct copy may move 16 bytes at a
+// time, which stalls the vector loads that follow it).
 AI cv cload(const cv* p) {
   const float* f = reinterpret_cast<const float*>(p);
   return {vload(f), vload(f + kVL)};
@@ -317,8 +299,10 @@ void rfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, c
     transpose(im);
     for (int j = 0; j < lanes; ++j) {
       float* o = out + j * 2 * HWf + 2 * b;
-      vstore(o, interleave_lo(re[j], im[j], kLaneSeq));
-      vstore(o + kVL, interleave_hi(re[j], im[j], kLaneSeq));
+      vf lo, hi;
+      interleave(re[j], im[j], lo, hi);
+      vstore(o, lo);
+      vstore(o + kVL, hi);
     }
   }
   for (; b < HWf; ++b)
@@ -342,8 +326,7 @@ void irfft2_lanes(const float* in, float* out, int lanes, int64_t H, int64_t W, 
       if (j < lanes) {
         const float* p = in + j * 2 * HWf + 2 * b;
         const vf lo = vload(p), hi = vload(p + kVL);
-        re[j] = even_of(lo, hi, kLaneSeq);
-        im[j] = odd_of(lo, hi, kLaneSeq);
+        deinterleave(lo, hi, re[j], im[j]);
       } else {
         re[j] = zero;
         im[j] = zero;
